@@ -1,0 +1,107 @@
+"""Remove every file of an option the user did not choose, then print the next steps.
+
+Each option has a table of the paths it owns and one small function that prunes it;
+`main()` reads as a decision table. Offline, deterministic and idempotent: an update
+tool such as cruft may run it again over a generated project.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+CONTEXT = json.loads(r'''{{ cookiecutter | tojson }}''')
+
+PACKAGE = "src/{slug}"
+
+# Files that only one broker needs, whatever the consumer style.
+BROKER_FILES = {
+    "rabbitmq": ["tests/integration/test_rabbitmq.py"],
+}
+
+# Files that only one broker and consumer style need: the client module and its test probe.
+CLIENT_FILES = {
+    ("rabbitmq", "async"): [
+        f"{PACKAGE}/brokers/rabbitmq_async.py",
+        "tests/integration/probe_rabbitmq_async.py",
+    ],
+    ("rabbitmq", "threaded"): [
+        f"{PACKAGE}/brokers/rabbitmq_threaded.py",
+        "tests/integration/probe_rabbitmq_threaded.py",
+    ],
+}
+
+DOCKER_FILES = ["Dockerfile", ".dockerignore", "docker-compose.yml"]
+
+CI_FILES = {
+    "github": [".github"],
+    "gitlab": [".gitlab-ci.yml"],
+}
+
+
+def remove(root: Path, relative: str) -> None:
+    """Delete a file or folder if it is there; a second run finds nothing to do."""
+    path = root / relative.format(slug=CONTEXT["project_slug"])
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+def remove_other_brokers(root: Path, broker: str) -> None:
+    for name, paths in BROKER_FILES.items():
+        if name != broker:
+            for relative in paths:
+                remove(root, relative)
+
+
+def remove_other_clients(root: Path, broker: str, consumer: str) -> None:
+    for choice, paths in CLIENT_FILES.items():
+        if choice != (broker, consumer):
+            for relative in paths:
+                remove(root, relative)
+
+
+def remove_docker_files(root: Path) -> None:
+    for relative in DOCKER_FILES:
+        remove(root, relative)
+
+
+def remove_other_ci(root: Path, ci: str) -> None:
+    for name, paths in CI_FILES.items():
+        if name != ci:
+            for relative in paths:
+                remove(root, relative)
+
+
+def next_steps(context: dict[str, str]) -> str:
+    slug = context["project_slug"]
+    lines = [
+        f"Created {slug}. Next:",
+        f"  cd {slug}",
+        '  python -m venv .venv && . .venv/bin/activate && pip install -e ".[dev]"',
+    ]
+    if context["use_docker"] == "yes":
+        lines.append(f"  docker compose up -d {context['broker']}    # the broker")
+    lines += [
+        "  pytest                                     # unit and integration tests",
+        f"  uvicorn {slug}.main:app                    # the API (it consumes too)",
+        f"  python -m {slug}.worker                    # a consumer alone, to scale out",
+    ]
+    return "\n".join(lines)
+
+
+def main(root: Path, context: dict[str, str]) -> None:
+    remove_other_brokers(root, context["broker"])
+    remove_other_clients(root, context["broker"], context["consumer"])
+    if context["use_docker"] == "no":
+        remove_docker_files(root)
+    remove_other_ci(root, context["ci"])
+    print(next_steps(context))
+
+
+if __name__ == "__main__":
+    main(Path.cwd(), CONTEXT)
+    sys.exit(0)

@@ -1,0 +1,1 @@
+"""Tasks accepted over HTTP, processed from a message queue."""

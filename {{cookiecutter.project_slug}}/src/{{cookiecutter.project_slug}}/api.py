@@ -1,0 +1,187 @@
+"""HTTP routes: publish a task, report health, expose metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .brokers import BrokerUnavailable, Consumer, Publisher
+from .logs import log_context, request_id_var
+from .messages import TaskMessage
+from .metrics import TASKS_PUBLISHED
+from .settings import Settings
+from .tasks import TaskRegistry
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter()
+
+
+class TaskRequest(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"type": "process_image", "payload": {"image_url": "https://example.com/a.png"}}]
+        }
+    )
+
+    type: str = Field(description="A registered task type, such as process_image.")
+    payload: dict[str, Any] = Field(description="The task's input; its schema depends on the type.")
+
+
+class TaskAccepted(BaseModel):
+    id: str = Field(description="The message id; handlers use it to recognise a redelivery.")
+    type: str
+    status: Literal["accepted"] = "accepted"
+
+
+class ErrorDetail(BaseModel):
+    detail: str
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not ready"]
+    broker: Literal["ok", "unavailable"]
+    consumer: Literal["running", "stopped", "disabled"]
+
+
+class Liveness(BaseModel):
+    status: Literal["alive"] = "alive"
+
+
+def get_settings_dep(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_publisher(request: Request) -> Publisher:
+    publisher: Publisher = request.app.state.publisher
+    return publisher
+
+
+def get_consumer(request: Request) -> Consumer | None:
+    consumer: Consumer | None = request.app.state.consumer
+    return consumer
+
+
+def get_registry(request: Request) -> TaskRegistry:
+    registry: TaskRegistry = request.app.state.registry
+    return registry
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+PublisherDep = Annotated[Publisher, Depends(get_publisher)]
+ConsumerDep = Annotated["Consumer | None", Depends(get_consumer)]
+RegistryDep = Annotated[TaskRegistry, Depends(get_registry)]
+
+
+class ValidationErrors(BaseModel):
+    detail: list[dict[str, Any]]
+
+
+def invalid(errors: Iterable[Mapping[str, Any]], *prefix: str | int) -> RequestValidationError:
+    """A 422 in FastAPI's error shape, located under `body`. The input is not echoed: it may be
+    large, binary or secret."""
+    return RequestValidationError(
+        [{"type": error["type"], "loc": ("body", *prefix, *error["loc"]), "msg": error["msg"]} for error in errors]
+    )
+
+
+async def read_task_request(request: Request, registry: RegistryDep) -> TaskRequest:
+    """Parse and validate the body ourselves, so that any malformed input, even JSON nested too
+    deeply for Python's parser, is a 422 and never a 400 or a 500."""
+    media_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if media_type != "application/json" and not media_type.endswith("+json"):
+        raise invalid([{"type": "content_type", "loc": (), "msg": "Content-Type must be application/json"}])
+    try:
+        task = TaskRequest.model_validate_json(await request.body())
+    except ValidationError as error:
+        raise invalid(error.errors(include_url=False, include_context=False)) from None
+    task_type = registry.get(task.type)
+    if task_type is None:
+        known = ", ".join(registry.names())
+        raise invalid([{"type": "unknown_task_type", "loc": ("type",), "msg": f"unknown task type; known: {known}"}])
+    try:
+        task_type.payload_model.model_validate(task.payload)
+    except ValidationError as error:
+        raise invalid(error.errors(include_url=False, include_context=False), "payload") from None
+    return task
+
+
+@router.post(
+    "/tasks",
+    status_code=202,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": TaskRequest.model_json_schema()}},
+        }
+    },
+    responses={
+        413: {"model": ErrorDetail, "description": "The body is over 1 MiB."},
+        422: {"model": ValidationErrors, "description": "The body is not a valid task."},
+        503: {"model": ErrorDetail, "description": "The broker did not accept the task; retry later."},
+    },
+)
+async def create_task(
+    task: Annotated[TaskRequest, Depends(read_task_request)], settings: SettingsDep, publisher: PublisherDep
+) -> TaskAccepted:
+    """Queue a task. 202 means the broker has durably accepted it."""
+    message = TaskMessage(id=str(uuid.uuid4()), type=task.type, payload=task.payload)
+    with log_context(task_id=message.id, request_id=request_id_var.get()):
+        try:
+            await asyncio.wait_for(
+                publisher.publish(message, {"x-request-id": request_id_var.get()}),
+                timeout=settings.publish_timeout_seconds,
+            )
+        except (BrokerUnavailable, TimeoutError) as error:
+            logger.warning("task not accepted, broker unavailable: %s", error or "timed out")
+            raise HTTPException(status_code=503, detail="broker unavailable, task not accepted; retry later") from None
+        TASKS_PUBLISHED.inc()
+        logger.info("task %s accepted", message.type)
+    return TaskAccepted(id=message.id, type=message.type)
+
+
+@router.get("/health/live")
+async def live() -> Liveness:
+    """200 while the process runs."""
+    return Liveness()
+
+
+@router.get("/health/ready", responses={503: {"model": Readiness, "description": "Not ready."}})
+async def ready(response: Response, settings: SettingsDep, publisher: PublisherDep, consumer: ConsumerDep) -> Readiness:
+    """200 when the broker answers and, where enabled, the consumer runs."""
+    try:
+        await asyncio.wait_for(publisher.ping(), timeout=settings.ready_timeout_seconds)
+        broker_ok = True
+    except (BrokerUnavailable, TimeoutError):
+        broker_ok = False
+    consumer_state: Literal["running", "stopped", "disabled"] = (
+        "disabled" if consumer is None else "running" if consumer.is_running() else "stopped"
+    )
+    is_ready = broker_ok and consumer_state != "stopped"
+    response.status_code = 200 if is_ready else 503
+    return Readiness(
+        status="ready" if is_ready else "not ready",
+        broker="ok" if broker_ok else "unavailable",
+        consumer=consumer_state,
+    )
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}, "description": "Prometheus text."}
+    },
+)
+def metrics() -> Response:
+    """Prometheus text format."""
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,70 @@
+"""Every knob of the service, read once from the environment (or a .env file)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+{% if cookiecutter.broker == "rabbitmq" -%}
+BROKER_SCHEMES = {"amqp": 5672, "amqps": 5671}  # scheme: default port
+DEFAULT_BROKER_URL = "amqp://localhost:5672/%2F"
+{% endif %}
+
+class Settings(BaseSettings):
+    """Configuration; each field maps to the upper-case environment variable of its name."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    broker_url: str = Field(
+        DEFAULT_BROKER_URL,
+        description="Where the broker is; credentials belong here, in the environment only.",
+    )
+    queue_name: str = Field("tasks", min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:-]+$")
+    consumer_enabled: bool = Field(True, description="Whether the API process also consumes.")
+    max_retries: int = Field(3, ge=0, description="Retries of a failing message before it is dead-lettered.")
+    prefetch_count: int = Field(100, ge=1, le=65535, description="Messages a consumer holds unacknowledged.")
+{%- if cookiecutter.consumer == "threaded" %}
+    handler_threads: int = Field(8, ge=1, le=256, description="Threads that run handlers in one consumer.")
+{%- endif %}
+    publish_timeout_seconds: float = Field(
+        3.0, gt=0, le=4.5, description="How long POST /tasks waits for the broker before answering 503."
+    )
+    ready_timeout_seconds: float = Field(2.0, gt=0, description="How long /health/ready waits for the broker.")
+    shutdown_timeout_seconds: float = Field(
+        20.0, gt=0, description="How long a stopping consumer lets messages in hand finish."
+    )
+    heartbeat_seconds: int = Field(
+        30, ge=1, description="Heartbeat interval; a dead peer is noticed within about two of them."
+    )
+    log_level: str = Field("INFO", pattern=r"^(CRITICAL|ERROR|WARNING|INFO|DEBUG)$")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _check_broker_url(cls, value: str) -> str:
+        scheme = urlsplit(value).scheme
+        if scheme not in BROKER_SCHEMES:
+            raise ValueError(f"BROKER_URL must start with {' or '.join(s + '://' for s in BROKER_SCHEMES)}")
+        return value
+
+    @property
+    def dead_letter_queue(self) -> str:
+        return f"{self.queue_name}.dlq"
+
+    @property
+    def broker_address(self) -> str:
+        """The broker's host and port, safe to log (no credentials)."""
+        parts = urlsplit(self.broker_url)
+        return f"{parts.scheme}://{parts.hostname}:{parts.port or BROKER_SCHEMES[parts.scheme]}"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,39 @@
+"""The consumer alone, for scaling out: `python -m {{ cookiecutter.project_slug }}.worker`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from . import handlers
+from .brokers import make_consumer
+from .logs import configure_logging
+from .processing import Processor
+from .settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+
+async def run(settings: Settings) -> None:
+    """Consume until SIGTERM or SIGINT, then drain the messages in hand and disconnect."""
+    consumer = make_consumer(settings, Processor(handlers.registry, settings.max_retries))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await consumer.start()
+    await stop.wait()
+    logger.info("stop signal received: taking no new messages, finishing those in hand")
+    await consumer.stop()
+    logger.info("worker stopped")
+
+
+def main() -> None:
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    asyncio.run(run(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""Fixtures shared by unit and integration tests: a registry of test task types that record what ran."""
+
+from __future__ import annotations
+
+{% if cookiecutter.consumer == "async" -%}
+import asyncio
+{% endif -%}
+import threading
+{%- if cookiecutter.consumer == "threaded" %}
+import time
+{%- endif %}
+
+import pytest
+from pydantic import BaseModel, ConfigDict
+
+from {{ cookiecutter.project_slug }}.handlers import ProcessImagePayload, process_image
+from {{ cookiecutter.project_slug }}.messages import TaskMessage
+from {{ cookiecutter.project_slug }}.tasks import TaskRegistry
+
+
+class Recorder:
+    """Thread-safe record of the task ids handlers started and finished; tests wait on it."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self.started: list[str] = []
+        self.finished: list[str] = []
+
+    def start(self, task_id: str) -> None:
+        with self._changed:
+            self.started.append(task_id)
+            self._changed.notify_all()
+
+    def finish(self, task_id: str) -> None:
+        with self._changed:
+            self.finished.append(task_id)
+            self._changed.notify_all()
+
+    def wait_started(self, count: int, timeout: float = 15.0) -> bool:
+        with self._changed:
+            return self._changed.wait_for(lambda: len(self.started) >= count, timeout)
+
+    def wait_finished(self, count: int, timeout: float = 15.0) -> bool:
+        with self._changed:
+            return self._changed.wait_for(lambda: len(self.finished) >= count, timeout)
+
+
+class RecordPayload(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    seconds: float = 0.0
+
+
+@pytest.fixture
+def recorder() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture
+def registry(recorder: Recorder) -> TaskRegistry:
+    """The shipped example plus `record` (succeeds, optionally slowly) and `explode` (always raises)."""
+    registry = TaskRegistry()
+    registry.task("process_image", ProcessImagePayload)(process_image)
+
+    @registry.task("record", RecordPayload)
+    {% if cookiecutter.consumer == "async" %}async {% endif %}def record(payload: RecordPayload, message: TaskMessage) -> None:
+        recorder.start(message.id)
+        {% if cookiecutter.consumer == "async" %}await asyncio.sleep(payload.seconds){% else %}time.sleep(payload.seconds){% endif %}
+        recorder.finish(message.id)
+
+    @registry.task("explode", RecordPayload)
+    {% if cookiecutter.consumer == "async" %}async {% endif %}def explode(payload: RecordPayload, message: TaskMessage) -> None:
+        recorder.start(message.id)
+        raise RuntimeError("this handler always fails")
+
+    return registry

@@ -1,0 +1,70 @@
+"""Integration fixtures: the real broker at BROKER_URL, a fresh queue per test, cleaned up after."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+from {{ cookiecutter.project_slug }}.settings import BROKER_SCHEMES, DEFAULT_BROKER_URL, Settings
+
+from .probe_{{ cookiecutter.broker }}_{{ cookiecutter.consumer }} import SERVICE_HINT, Probe
+from .tcp_proxy import TcpProxy
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "integration" in item.nodeid.split("::")[0]:
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def broker_url() -> str:
+    """The real broker; a test that needs it fails, loudly, when it is not there."""
+    url = os.environ.get("BROKER_URL", DEFAULT_BROKER_URL)
+    try:
+        Probe(url).check()
+    except Exception as error:
+        address = Settings(broker_url=url).broker_address
+        pytest.fail(f"the broker at {address} is unreachable ({error!r}): {SERVICE_HINT}", pytrace=False)
+    return url
+
+
+@pytest.fixture
+def probe(broker_url: str) -> Probe:
+    return Probe(broker_url)
+
+
+@pytest.fixture
+def settings(broker_url: str, probe: Probe) -> Iterator[Settings]:
+    """Settings for one test: its own queue, few retries, short timeouts."""
+    settings = Settings(
+        broker_url=broker_url,
+        queue_name=f"test-{uuid.uuid4().hex[:12]}",
+        max_retries=2,
+        prefetch_count=10,
+        shutdown_timeout_seconds=5,
+        heartbeat_seconds=10,
+    )
+    yield settings
+    for queue in (settings.queue_name, settings.dead_letter_queue):
+        probe.delete(queue)
+
+
+@pytest.fixture
+def proxy(broker_url: str) -> Iterator[TcpProxy]:
+    parts = urlsplit(broker_url)
+    proxy = TcpProxy(parts.hostname or "localhost", parts.port or BROKER_SCHEMES[parts.scheme])
+    yield proxy
+    proxy.down()
+
+
+def via(proxy: TcpProxy, broker_url: str) -> str:
+    """The broker URL with its address replaced by the proxy's."""
+    parts = urlsplit(broker_url)
+    credentials = parts.netloc.rpartition("@")[0]
+    netloc = f"{credentials}@127.0.0.1:{proxy.port}" if credentials else f"127.0.0.1:{proxy.port}"
+    return urlunsplit(parts._replace(netloc=netloc))

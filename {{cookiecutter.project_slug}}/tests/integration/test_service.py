@@ -1,0 +1,158 @@
+"""The service end to end against the real broker: HTTP in, handler run, dead letters out."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import pytest
+from fastapi.testclient import TestClient
+
+from {{ cookiecutter.project_slug }}.app import create_app
+from {{ cookiecutter.project_slug }}.settings import Settings
+from {{ cookiecutter.project_slug }}.tasks import TaskRegistry
+
+from ..conftest import Recorder
+from .conftest import via
+from .probe_{{ cookiecutter.broker }}_{{ cookiecutter.consumer }} import Probe
+from .tcp_proxy import TcpProxy
+
+
+@contextmanager
+def running(settings: Settings, registry: TaskRegistry) -> Iterator[TestClient]:
+    """The app with its real publisher and consumer, started and stopped by its lifespan."""
+    with TestClient(create_app(settings, registry=registry), raise_server_exceptions=False) as client:
+        yield client
+
+
+def eventually(condition: Callable[[], bool], timeout: float = 15.0) -> bool:
+    """Poll `condition` until it holds or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+def wait_ready(client: TestClient, timeout: float = 20.0) -> None:
+    assert eventually(lambda: client.get("/health/ready").status_code == 200, timeout), client.get(
+        "/health/ready"
+    ).json()
+
+
+def post(client: TestClient, type_: str, **payload: object) -> str:
+    response = client.post("/tasks", json={"type": type_, "payload": payload})
+    assert response.status_code == 202, response.text
+    task_id: str = response.json()["id"]
+    return task_id
+
+
+def test_tasks_posted_over_http_are_processed_once_each(
+    settings: Settings, registry: TaskRegistry, recorder: Recorder, probe: Probe
+) -> None:
+    with running(settings, registry) as client:
+        wait_ready(client)
+        ids = [post(client, "record") for _ in range(20)]
+        assert recorder.wait_finished(20), recorder.finished
+        assert sorted(recorder.finished) == sorted(ids)
+        assert eventually(lambda: probe.count(settings.queue_name) == 0)
+        metrics = client.get("/metrics").text
+        assert 'tasks_processed_total{outcome="succeeded"}' in metrics
+
+
+def test_a_contract_message_from_another_program_is_processed(
+    settings: Settings, registry: TaskRegistry, recorder: Recorder, probe: Probe
+) -> None:
+    with running(settings, registry) as client:
+        wait_ready(client)
+        body = {"id": "from-elsewhere", "type": "record", "payload": {}, "added_later": True}
+        probe.publish(settings.queue_name, json.dumps(body).encode())
+        assert recorder.wait_finished(1)
+        assert recorder.finished == ["from-elsewhere"]
+
+
+def test_a_failing_task_is_retried_then_dead_lettered_without_blocking_others(
+    settings: Settings, registry: TaskRegistry, recorder: Recorder, probe: Probe
+) -> None:
+    with running(settings, registry) as client:
+        wait_ready(client)
+        bad = post(client, "explode")
+        good = post(client, "record")
+        assert recorder.wait_finished(1)
+        [dead] = probe.take(settings.dead_letter_queue, 1)
+        assert json.loads(dead.body)["id"] == bad
+        assert recorder.started.count(bad) == settings.max_retries + 1
+        assert recorder.finished == [good]
+        assert "this handler always fails" in str(dead.headers)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param(b"\x00not json at all", id="not-json"),
+        pytest.param(b'{"id": "u-1", "type": "no_such_type", "payload": {}}', id="unknown-type"),
+        pytest.param(b'{"id": "p-1", "type": "process_image", "payload": {"image_url": 5}}', id="bad-payload"),
+    ],
+)
+def test_a_malformed_message_is_dead_lettered_at_once_and_the_consumer_carries_on(
+    settings: Settings, registry: TaskRegistry, recorder: Recorder, probe: Probe, raw: bytes
+) -> None:
+    with running(settings, registry) as client:
+        wait_ready(client)
+        probe.publish(settings.queue_name, raw)
+        [dead] = probe.take(settings.dead_letter_queue, 1)
+        assert dead.body == raw
+        assert recorder.started == []
+        after = post(client, "record")
+        assert recorder.wait_finished(1)
+        assert recorder.finished == [after]
+
+
+def test_stopping_finishes_messages_in_hand_and_loses_none(
+    settings: Settings, registry: TaskRegistry, recorder: Recorder, probe: Probe
+) -> None:
+    sent = 12
+    with running(settings, registry) as client:
+        wait_ready(client)
+        for _ in range(sent):
+            post(client, "record", seconds=0.5)
+        assert recorder.wait_started(1)
+    # The lifespan has stopped the consumer: what started has finished, the rest is back in the queue.
+    assert set(recorder.started) <= set(recorder.finished)
+    assert eventually(lambda: probe.count(settings.queue_name) == sent - len(recorder.finished))
+    assert len(recorder.finished) < sent
+
+
+def test_broker_unreachable_gives_503_quickly_and_the_api_recovers_by_itself(
+    settings: Settings, registry: TaskRegistry, recorder: Recorder, proxy: TcpProxy
+) -> None:
+    settings = settings.model_copy(update={"broker_url": via(proxy, settings.broker_url)})
+    with running(settings, registry) as client:
+        assert client.get("/health/live").status_code == 200
+        assert client.get("/health/ready").status_code == 503
+        started = time.monotonic()
+        response = client.post("/tasks", json={"type": "record", "payload": {}})
+        assert response.status_code == 503
+        assert time.monotonic() - started < 5
+        assert response.json()["detail"]
+
+        proxy.up()
+        wait_ready(client, timeout=30)
+        task_id = post(client, "record")
+        assert recorder.wait_finished(1)
+        assert recorder.finished == [task_id]
+
+        proxy.down()  # the broker goes away while the service runs
+        assert eventually(lambda: client.get("/health/ready").status_code == 503, timeout=15)
+        started = time.monotonic()
+        assert client.post("/tasks", json={"type": "record", "payload": {}}).status_code == 503
+        assert time.monotonic() - started < 5
+
+        proxy.up()
+        wait_ready(client, timeout=30)
+        again = post(client, "record")
+        assert recorder.wait_finished(2)
+        assert again in recorder.finished

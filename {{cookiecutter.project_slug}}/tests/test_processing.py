@@ -1,0 +1,103 @@
+"""Unit tests of the processing rules: which messages succeed, retry or go to the dead letters."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from prometheus_client import REGISTRY
+
+from {{ cookiecutter.project_slug }}.messages import TaskMessage, encode
+from {{ cookiecutter.project_slug }}.processing import Outcome, Processor
+from {{ cookiecutter.project_slug }}.tasks import TaskRegistry
+
+from .conftest import Recorder
+from .fakes import InMemoryBroker, drain, process
+
+MAX_RETRIES = 3
+
+
+def body(type_: str, payload: dict[str, object], task_id: str = "t-1") -> bytes:
+    return encode(TaskMessage(id=task_id, type=type_, payload=payload))
+
+
+@pytest.fixture
+def processor(registry: TaskRegistry) -> Processor:
+    return Processor(registry, MAX_RETRIES)
+
+
+def processed(outcome: Outcome) -> float:
+    return REGISTRY.get_sample_value("tasks_processed_total", {"outcome": outcome.value}) or 0.0
+
+
+def test_the_example_handler_succeeds(processor: Processor) -> None:
+    before = processed(Outcome.SUCCEEDED)
+    outcome = process(processor, body("process_image", {"image_url": "https://example.com/cat.png"}))
+    assert outcome is Outcome.SUCCEEDED
+    assert processed(Outcome.SUCCEEDED) == before + 1
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param(b"not json", id="not-json"),
+        pytest.param(b"\xff\xfe\x00", id="not-utf8"),
+        pytest.param(b"[1, 2]", id="not-an-object"),
+        pytest.param(b'{"id": "1", "type": "process_image"}', id="no-payload"),
+        pytest.param(b'{"id": "", "type": "process_image", "payload": {}}', id="empty-id"),
+        pytest.param(body("no_such_type", {}), id="unknown-type"),
+        pytest.param(body("process_image", {"image_url": "ftp://example.com/a.png"}), id="payload-not-http"),
+        pytest.param(body("process_image", {}), id="payload-missing-field"),
+        pytest.param(body("record", {"seconds": "soon"}), id="payload-wrong-type"),
+    ],
+)
+def test_a_bad_message_is_dead_lettered_at_once(processor: Processor, recorder: Recorder, raw: bytes) -> None:
+    broker = InMemoryBroker()
+    broker.put_raw(raw)
+    assert drain(broker, processor) == [Outcome.DEAD_LETTERED]
+    assert [envelope.body for envelope, _ in broker.dead_letters] == [raw]
+    assert recorder.started == []
+
+
+def test_unknown_fields_are_ignored(processor: Processor, recorder: Recorder) -> None:
+    raw = json.dumps({"id": "x-1", "type": "record", "payload": {}, "priority": 5, "trace": {"a": 1}}).encode()
+    assert process(processor, raw) is Outcome.SUCCEEDED
+    assert recorder.finished == ["x-1"]
+
+
+def test_a_failing_handler_is_retried_max_retries_times_then_dead_lettered(
+    processor: Processor, recorder: Recorder
+) -> None:
+    broker = InMemoryBroker()
+    broker.put_raw(body("explode", {}, task_id="bad"))
+    broker.put_raw(body("record", {}, task_id="good"))
+    outcomes = drain(broker, processor)
+    assert recorder.started.count("bad") == MAX_RETRIES + 1
+    assert outcomes.count(Outcome.RETRIED) == MAX_RETRIES
+    assert len(broker.dead_letters) == 1
+    envelope, reason = broker.dead_letters[0]
+    assert json.loads(envelope.body)["id"] == "bad"
+    assert "this handler always fails" in reason
+    # No head-of-line blocking: the good message was handled before the retries ran out.
+    assert recorder.finished == ["good"]
+    assert recorder.started.index("good") < len(recorder.started) - 1
+
+
+@pytest.mark.parametrize("retries", [0, 1, MAX_RETRIES - 1])
+def test_retries_below_the_limit_retry(processor: Processor, retries: int) -> None:
+    assert process(processor, body("explode", {}), retries) is Outcome.RETRIED
+
+
+def test_the_last_retry_dead_letters(processor: Processor) -> None:
+    assert process(processor, body("explode", {}), MAX_RETRIES) is Outcome.DEAD_LETTERED
+
+
+def test_zero_retries_dead_letters_on_first_failure(registry: TaskRegistry) -> None:
+    assert process(Processor(registry, 0), body("explode", {})) is Outcome.DEAD_LETTERED
+
+
+def test_a_task_type_cannot_be_registered_twice(registry: TaskRegistry) -> None:
+    from {{ cookiecutter.project_slug }}.handlers import ProcessImagePayload, process_image
+
+    with pytest.raises(ValueError, match="registered twice"):
+        registry.task("process_image", ProcessImagePayload)(process_image)

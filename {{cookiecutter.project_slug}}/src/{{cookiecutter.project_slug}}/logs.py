@@ -23,16 +23,16 @@ class ContextFilter(logging.Filter):
         return True
 
 
-def configure_logging(level: str) -> None:
+def configure_logging(level: str, quiet: tuple[str, ...] = ()) -> None:
+    """One handler on the root logger; `quiet` loggers (a chatty client library's) log warnings only."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     handler.addFilter(ContextFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # pika and aio-pika log every reconnect attempt at length; ours say it once.
-    for noisy in ("pika", "aio_pika", "aiormq"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    for name in quiet:
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
 
 
 @contextmanager

@@ -7,7 +7,7 @@ import logging
 import signal
 
 from . import handlers
-from .brokers import make_consumer
+from .brokers import CLIENT_LOGGERS, make_consumer
 from .logs import configure_logging
 from .processing import Processor
 from .settings import Settings, get_settings
@@ -31,7 +31,7 @@ async def run(settings: Settings) -> None:
 
 def main() -> None:
     settings = get_settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, quiet=CLIENT_LOGGERS)
     asyncio.run(run(settings))
 
 

@@ -14,6 +14,12 @@ from {{ cookiecutter.project_slug }}.settings import BROKER_SCHEMES, DEFAULT_BRO
 from .probe_{{ cookiecutter.broker }}_{{ cookiecutter.consumer }} import SERVICE_HINT, Probe
 from .tcp_proxy import TcpProxy
 
+{% if cookiecutter.use_docker == "yes" -%}
+START_HINT = "run `docker compose up -d {{ cookiecutter.broker }}`, or " + SERVICE_HINT
+{%- else -%}
+START_HINT = SERVICE_HINT
+{%- endif %}
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
@@ -29,7 +35,7 @@ def broker_url() -> str:
         Probe(url).check()
     except Exception as error:
         address = Settings(broker_url=url).broker_address
-        pytest.fail(f"the broker at {address} is unreachable ({error!r}): {SERVICE_HINT}", pytrace=False)
+        pytest.fail(f"the broker at {address} is unreachable ({error!r}): {START_HINT}", pytrace=False)
     return url
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import pika
 from pika.adapters.blocking_connection import BlockingChannel
 
-SERVICE_HINT = "start it with `docker compose up -d rabbitmq` (or `rabbitmq-server -detached`), or set BROKER_URL"
+SERVICE_HINT = "start RabbitMQ (`rabbitmq-server -detached`, or any RabbitMQ 3.13+), or point BROKER_URL at one"
 
 
 @dataclass(frozen=True)

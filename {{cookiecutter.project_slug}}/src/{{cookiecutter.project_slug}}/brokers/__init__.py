@@ -5,9 +5,9 @@ from __future__ import annotations
 from ..processing import Processor
 from ..settings import Settings
 from .base import Backoff, BrokerUnavailable, Consumer, Publisher
-from .{{ cookiecutter.broker }}_{{ cookiecutter.consumer }} import BrokerConsumer, BrokerPublisher
+from .{{ cookiecutter.broker }}_{{ cookiecutter.consumer }} import CLIENT_LOGGERS, BrokerConsumer, BrokerPublisher
 
-__all__ = ["Backoff", "BrokerUnavailable", "Consumer", "Publisher", "make_consumer", "make_publisher"]
+__all__ = ["CLIENT_LOGGERS", "Backoff", "BrokerUnavailable", "Consumer", "Publisher", "make_consumer", "make_publisher"]
 
 
 def make_publisher(settings: Settings) -> Publisher:

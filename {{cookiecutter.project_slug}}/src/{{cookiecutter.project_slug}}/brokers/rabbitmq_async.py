@@ -25,6 +25,9 @@ from .base import Backoff, BrokerUnavailable, sleep_unless_stopping
 
 logger = logging.getLogger(__name__)
 
+# The client logs every reconnect attempt at length; ours say it once.
+CLIENT_LOGGERS = ("aio_pika", "aiormq")
+
 RETRIES_HEADER = "x-retries"
 REASON_HEADER = "x-dead-letter-reason"
 REQUEST_ID_HEADER = "x-request-id"

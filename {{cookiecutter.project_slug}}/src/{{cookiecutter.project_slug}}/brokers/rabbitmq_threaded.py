@@ -27,6 +27,9 @@ from .base import Backoff, BrokerUnavailable
 
 logger = logging.getLogger(__name__)
 
+# The client logs every reconnect attempt at length; ours say it once.
+CLIENT_LOGGERS = ("pika",)
+
 RETRIES_HEADER = "x-retries"
 REASON_HEADER = "x-dead-letter-reason"
 REQUEST_ID_HEADER = "x-request-id"

@@ -1,0 +1,19 @@
+# Sourced by scripts/generate and scripts/test: make .venv with requirements-test.txt, once per change.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${TEMPLATE_VENV:-$ROOT/.venv}"
+PYTHON="${PYTHON:-python3}"
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    echo "ERROR: Python 3.11 or newer is needed (found $("$PYTHON" --version 2>&1)); set PYTHON=python3.11" >&2
+    exit 1
+fi
+if [ ! -x "$VENV/bin/python" ]; then
+    "$PYTHON" -m venv "$VENV"
+fi
+STAMP="$VENV/.requirements-test.sha256"
+WANT="$(sha256sum "$ROOT/requirements-test.txt" | cut -d' ' -f1)"
+if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
+    "$VENV/bin/python" -m pip install --quiet --upgrade pip
+    "$VENV/bin/python" -m pip install --quiet -r "$ROOT/requirements-test.txt"
+    echo "$WANT" > "$STAMP"
+fi

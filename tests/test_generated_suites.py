@@ -1,0 +1,45 @@
+"""Each broker and consumer style, tried as a new user would: generate, `pip install -e ".[dev]"`
+into a fresh virtual environment, and run the project's whole `pytest` against the real broker."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import BROKERS, CONSUMERS, bake, require_broker, run
+
+STYLES = [pytest.param(broker, consumer, id=f"{broker}-{consumer}") for broker in BROKERS for consumer in CONSUMERS]
+
+
+def fresh_venv(project: Path) -> Path:
+    """A virtual environment with the project installed the way its README says."""
+    venv = project / ".venv"
+    run([sys.executable, "-m", "venv", str(venv)], project)
+    python = venv / "bin" / "python"
+    run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-e", ".[dev]"], project)
+    return python
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("broker", "consumer"), STYLES)
+def test_the_generated_suite_passes_against_the_real_broker(tmp_path: Path, broker: str, consumer: str) -> None:
+    url = require_broker(broker)
+    project = bake(tmp_path, broker=broker, consumer=consumer, use_docker="yes", ci="github")
+    python = fresh_venv(project)
+    env = {key: value for key, value in os.environ.items() if key not in {"PYTHONPATH", "VIRTUAL_ENV"}}
+    env["BROKER_URL"] = url
+    output = run([str(python), "-m", "pytest", "-p", "no:cacheprovider", "-q"], project, env, timeout=900)
+    summary = output.strip().splitlines()[-1]
+    assert re.search(r"\b\d+ passed\b", summary), output
+    assert "failed" not in summary and "skipped" not in summary and "error" not in summary, output
+    # The integration tests ran (were collected and passed), not just the unit tests.
+    integration = run(
+        [str(python), "-m", "pytest", "-p", "no:cacheprovider", "-q", "--collect-only", "-m", "integration"],
+        project,
+        env,
+    )
+    assert re.search(r"\b([1-9]\d*) tests? collected|^([1-9]\d*)/", integration, re.M), integration

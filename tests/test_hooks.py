@@ -1,0 +1,157 @@
+"""The hooks, rendered the way cookiecutter renders them, then exercised as plain functions."""
+
+from __future__ import annotations
+
+import types
+from pathlib import Path
+
+import pytest
+from cookiecutter.environment import StrictEnvironment
+from cookiecutter.generate import generate_context
+from cookiecutter.prompt import prompt_for_config
+
+from .conftest import BROKERS, TEMPLATE, bake
+
+TEMPLATE_PROJECT = TEMPLATE / "{{cookiecutter.project_slug}}"
+
+
+def context_for(**answers: str) -> dict[str, object]:
+    """The `cookiecutter` context a hook sees, derived values included."""
+    raw = generate_context(context_file=str(TEMPLATE / "cookiecutter.json"), extra_context=answers)
+    context = prompt_for_config(raw, no_input=True)
+    context["_template"] = str(TEMPLATE)
+    return dict(context)
+
+
+def render_hook(name: str, **answers: str) -> types.ModuleType:
+    """Render hooks/<name> with Jinja as cookiecutter does, and load it as a module (main() not run)."""
+    context = context_for(**answers)
+    environment = StrictEnvironment(context={"cookiecutter": context}, keep_trailing_newline=True)
+    source = environment.from_string((TEMPLATE / "hooks" / name).read_text()).render(cookiecutter=context)
+    module = types.ModuleType(name.removesuffix(".py"))
+    exec(compile(source, name, "exec"), module.__dict__)
+    return module
+
+
+@pytest.fixture(scope="module")
+def pre_gen() -> types.ModuleType:
+    return render_hook("pre_gen_project.py")
+
+
+@pytest.fixture(scope="module")
+def post_gen() -> types.ModuleType:
+    return render_hook("post_gen_project.py")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Task Service",
+        "Bob's \"quoted\" service",
+        "back\\slash \\n \\u0041 and ''' triple \"\"\" quotes",
+        "Сервис задач",
+        "</script><!-- & done -->",
+    ],
+)
+def test_hooks_read_free_text_exactly(name: str) -> None:
+    for hook in ("pre_gen_project.py", "post_gen_project.py"):
+        module = render_hook(hook, project_name=name, project_slug="svc")
+        assert module.CONTEXT["project_name"] == name
+
+
+@pytest.mark.parametrize("slug", ["task_service", "svc2", "_internal", "payments_v2"])
+def test_good_slugs_pass(pre_gen: types.ModuleType, slug: str) -> None:
+    pre_gen.check_slug(slug)
+
+
+@pytest.mark.parametrize(
+    ("slug", "problem"),
+    [
+        ("task-service", "not a Python identifier"),
+        ("2fast", "not a Python identifier"),
+        ("", "not a Python identifier"),
+        ("my service", "not a Python identifier"),
+        ("TaskService", "lower-case ASCII"),
+        ("сервис", "lower-case ASCII"),
+        ("class", "keyword"),
+        ("match", "keyword"),
+        ("fastapi", "shadow"),
+        ("pika", "shadow"),
+        ("aio_pika", "shadow"),
+        ("redis", "shadow"),
+        ("pydantic", "shadow"),
+        ("asyncio", "shadow"),
+        ("queue", "shadow"),
+        ("logging", "shadow"),
+    ],
+)
+def test_bad_slugs_are_refused_with_the_problem_and_a_fix(
+    pre_gen: types.ModuleType, slug: str, problem: str
+) -> None:
+    with pytest.raises(pre_gen.AnswerError, match=problem) as refused:
+        pre_gen.check_slug(slug)
+    assert "project_slug=" in str(refused.value)  # the fix
+
+
+@pytest.mark.parametrize("broker", ["redis", "kafka"])
+def test_brokers_not_yet_built_are_refused(pre_gen: types.ModuleType, broker: str) -> None:
+    if broker in BROKERS:
+        pytest.fail(f"{broker} is available now: drop it from this test")
+    with pytest.raises(pre_gen.AnswerError, match="not yet available"):
+        pre_gen.check_broker(broker)
+
+
+def test_the_pre_gen_hook_prints_one_line_and_fails(pre_gen: types.ModuleType, capsys) -> None:
+    context = {**pre_gen.CONTEXT, "project_slug": "class"}
+    assert pre_gen.main(context) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1
+    assert error.startswith("ERROR: project_slug 'class'")
+
+
+def test_the_pre_gen_hook_accepts_the_defaults(pre_gen: types.ModuleType) -> None:
+    assert pre_gen.main(pre_gen.CONTEXT) == 0
+
+
+def test_every_pruned_path_exists_in_the_template(post_gen: types.ModuleType) -> None:
+    tables = [
+        *post_gen.BROKER_FILES.values(),
+        *post_gen.CLIENT_FILES.values(),
+        post_gen.DOCKER_FILES,
+        *post_gen.CI_FILES.values(),
+    ]
+    missing = [
+        relative
+        for paths in tables
+        for relative in paths
+        if not (TEMPLATE_PROJECT / relative.format(slug="{{cookiecutter.project_slug}}")).exists()
+    ]
+    assert missing == []
+
+
+def test_every_broker_client_file_is_owned_by_exactly_one_choice(post_gen: types.ModuleType) -> None:
+    """A new broker module or probe that is missing from the table would leak into every project."""
+    package = TEMPLATE_PROJECT / "src" / "{{cookiecutter.project_slug}}"
+    client_files = {
+        str(path.relative_to(TEMPLATE_PROJECT)).replace("{{cookiecutter.project_slug}}", "{slug}")
+        for path in [*package.glob("brokers/[a-z]*_*.py"), *TEMPLATE_PROJECT.glob("tests/integration/probe_*.py")]
+    }
+    owned = [relative for paths in post_gen.CLIENT_FILES.values() for relative in paths]
+    assert sorted(owned) == sorted(client_files)
+    assert set(post_gen.CLIENT_FILES) >= {(broker, consumer) for broker in BROKERS for consumer in ("async", "threaded")}
+
+
+def test_pruning_is_idempotent(post_gen: types.ModuleType, tmp_path: Path) -> None:
+    project = bake(tmp_path, consumer="threaded", use_docker="no", ci="none", project_slug="svc")
+    before = sorted(str(path.relative_to(project)) for path in project.rglob("*"))
+    context = {**post_gen.CONTEXT, "project_slug": "svc", "consumer": "threaded", "use_docker": "no", "ci": "none"}
+    post_gen.main(project, context)
+    after = sorted(str(path.relative_to(project)) for path in project.rglob("*"))
+    assert after == before
+    assert not (project / ".git").exists()
+
+
+def test_the_post_gen_hook_prints_the_next_steps(post_gen: types.ModuleType) -> None:
+    steps = post_gen.next_steps({**post_gen.CONTEXT, "project_slug": "svc"})
+    assert 'pip install -e ".[dev]"' in steps
+    assert "python -m svc.worker" in steps

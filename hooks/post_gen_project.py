@@ -12,7 +12,7 @@ import shutil
 import sys
 from pathlib import Path
 
-CONTEXT = json.loads(r'''{{ cookiecutter | tojson }}''')
+CONTEXT = json.loads(r"""{{ cookiecutter | tojson }}""")
 
 PACKAGE = "src/{slug}"
 

@@ -11,7 +11,7 @@ import json
 import keyword
 import sys
 
-CONTEXT = json.loads(r'''{{ cookiecutter | tojson }}''')
+CONTEXT = json.loads(r"""{{ cookiecutter | tojson }}""")
 
 # Top-level modules a generated project imports, for any choice of options.
 # A package with one of these names would shadow it.
@@ -58,9 +58,7 @@ def check_slug(slug: str) -> None:
         raise AnswerError(f"project_slug {slug!r} is a Python keyword; {fix}")
     stdlib = getattr(sys, "stdlib_module_names", frozenset())
     if slug in IMPORTED_MODULES or slug in stdlib:
-        raise AnswerError(
-            f"project_slug {slug!r} would shadow the module {slug!r} that the project imports; {fix}"
-        )
+        raise AnswerError(f"project_slug {slug!r} would shadow the module {slug!r} that the project imports; {fix}")
 
 
 def check_broker(broker: str) -> None:
@@ -73,9 +71,7 @@ def check_broker(broker: str) -> None:
 
 def check_python_version(version: str) -> None:
     if version not in SUPPORTED_PYTHON:
-        raise AnswerError(
-            f"python_version {version!r} is not supported; choose one of: {', '.join(SUPPORTED_PYTHON)}"
-        )
+        raise AnswerError(f"python_version {version!r} is not supported; choose one of: {', '.join(SUPPORTED_PYTHON)}")
 
 
 def main(context: dict[str, object]) -> int:

@@ -8,7 +8,6 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -52,9 +51,7 @@ def bake(output_dir: Path, **answers: str) -> Path:
 
 def run(command: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 600) -> str:
     """Run a command; fail the test with its output when it fails."""
-    result = subprocess.run(
-        command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
-    )
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
     if result.returncode != 0:
         pytest.fail(
             f"`{' '.join(command)}` exited {result.returncode} in {cwd}\n{result.stdout}\n{result.stderr}",
@@ -88,9 +85,9 @@ def require_broker(broker: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def baked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
+def baked() -> dict[str, Path]:
     """A cache of baked projects by combination id, shared by the tests of one session (or xdist worker)."""
-    yield {}
+    return {}
 
 
 def bake_cached(cache: dict[str, Path], tmp_path_factory: pytest.TempPathFactory, answers: dict[str, str]) -> Path:

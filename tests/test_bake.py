@@ -18,7 +18,9 @@ TRACES = {
     ("broker", "redis"): r"redis",
     ("broker", "kafka"): r"kafka",
     ("consumer", "async"): r"aio[-_]?pika|aiormq|aiokafka|redis\.asyncio|async consumer|consumer=async",
-    ("consumer", "threaded"): r"(?<!aio-)(?<!aio_)\bpika\b|confluent|BlockingConnection|handler_threads|threaded|thread pool",
+    ("consumer", "threaded"): (
+        r"(?<!aio-)(?<!aio_)\bpika\b|confluent|BlockingConnection|handler_threads|threaded|thread pool"
+    ),
     ("use_docker", "yes"): r"docker",
     ("ci", "github"): r"github",
     ("ci", "gitlab"): r"gitlab",

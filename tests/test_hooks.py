@@ -10,7 +10,7 @@ from cookiecutter.environment import StrictEnvironment
 from cookiecutter.generate import generate_context
 from cookiecutter.prompt import prompt_for_config
 
-from .conftest import BROKERS, TEMPLATE, bake
+from .conftest import BROKERS, CONSUMERS, TEMPLATE, bake
 
 TEMPLATE_PROJECT = TEMPLATE / "{{cookiecutter.project_slug}}"
 
@@ -47,7 +47,7 @@ def post_gen() -> types.ModuleType:
     "name",
     [
         "Task Service",
-        "Bob's \"quoted\" service",
+        'Bob\'s "quoted" service',
         "back\\slash \\n \\u0041 and ''' triple \"\"\" quotes",
         "Сервис задач",
         "</script><!-- & done -->",
@@ -85,9 +85,7 @@ def test_good_slugs_pass(pre_gen: types.ModuleType, slug: str) -> None:
         ("logging", "shadow"),
     ],
 )
-def test_bad_slugs_are_refused_with_the_problem_and_a_fix(
-    pre_gen: types.ModuleType, slug: str, problem: str
-) -> None:
+def test_bad_slugs_are_refused_with_the_problem_and_a_fix(pre_gen: types.ModuleType, slug: str, problem: str) -> None:
     with pytest.raises(pre_gen.AnswerError, match=problem) as refused:
         pre_gen.check_slug(slug)
     assert "project_slug=" in str(refused.value)  # the fix
@@ -138,7 +136,7 @@ def test_every_broker_client_file_is_owned_by_exactly_one_choice(post_gen: types
     }
     owned = [relative for paths in post_gen.CLIENT_FILES.values() for relative in paths]
     assert sorted(owned) == sorted(client_files)
-    assert set(post_gen.CLIENT_FILES) >= {(broker, consumer) for broker in BROKERS for consumer in ("async", "threaded")}
+    assert set(post_gen.CLIENT_FILES) >= {(broker, consumer) for broker in BROKERS for consumer in CONSUMERS}
 
 
 def test_pruning_is_idempotent(post_gen: types.ModuleType, tmp_path: Path) -> None:

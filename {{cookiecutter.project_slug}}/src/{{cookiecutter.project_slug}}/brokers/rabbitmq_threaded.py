@@ -138,6 +138,9 @@ class BrokerPublisher:
                 self._serve(connection, channel)
             except AMQPError as error:
                 logger.warning("publisher lost RabbitMQ at %s: %r", self._settings.broker_address, error)
+            except Exception:
+                # Never let the publisher's thread die: log the bug and reconnect.
+                logger.exception("publisher failed unexpectedly; reconnecting")
             finally:
                 self._connected.clear()
                 self._fail_waiting_requests()
@@ -206,6 +209,9 @@ class BrokerConsumer:
                 self._consume(connection, backoff)
             except AMQPError as error:
                 logger.warning("consumer lost RabbitMQ at %s: %r", self._settings.broker_address, error)
+            except Exception:
+                # Never let the consumer's thread die: log the bug and reconnect.
+                logger.exception("consumer failed unexpectedly; reconnecting")
             finally:
                 self._consuming.clear()
                 close_quietly(connection)

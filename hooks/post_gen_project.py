@@ -19,6 +19,11 @@ PACKAGE = "src/{slug}"
 # Files that only one broker needs, whatever the consumer style.
 BROKER_FILES = {
     "rabbitmq": ["tests/integration/test_rabbitmq.py"],
+    "redis": [
+        f"{PACKAGE}/brokers/redis_streams.py",
+        "tests/integration/probe_redis.py",
+        "tests/integration/test_redis.py",
+    ],
 }
 
 # Files that only one broker and consumer style need: the client module and its test probe.
@@ -31,6 +36,8 @@ CLIENT_FILES = {
         f"{PACKAGE}/brokers/rabbitmq_threaded.py",
         "tests/integration/probe_rabbitmq_threaded.py",
     ],
+    ("redis", "async"): [f"{PACKAGE}/brokers/redis_async.py"],
+    ("redis", "threaded"): [f"{PACKAGE}/brokers/redis_threaded.py"],
 }
 
 DOCKER_FILES = ["Dockerfile", ".dockerignore", "docker-compose.yml"]

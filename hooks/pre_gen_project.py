@@ -40,7 +40,7 @@ IMPORTED_MODULES = frozenset(
     }
 )
 
-AVAILABLE_BROKERS = ("rabbitmq",)
+AVAILABLE_BROKERS = ("rabbitmq", "redis")
 SUPPORTED_PYTHON = ("3.11", "3.12", "3.13", "3.14")
 
 

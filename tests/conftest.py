@@ -18,16 +18,18 @@ TEMPLATE = Path(__file__).resolve().parents[1]
 DEFAULTS = json.loads((TEMPLATE / "cookiecutter.json").read_text())
 
 # The options a user can choose today. A broker joins BROKERS when its issue lands.
-BROKERS = ["rabbitmq"]
+BROKERS = ["rabbitmq", "redis"]
 CONSUMERS = DEFAULTS["consumer"]
 DOCKER = DEFAULTS["use_docker"]
 CI = DEFAULTS["ci"]
 
 BROKER_URLS = {
     "rabbitmq": os.environ.get("TEST_BROKER_URL_RABBITMQ", "amqp://guest:guest@127.0.0.1:5672/%2F"),
+    "redis": os.environ.get("TEST_BROKER_URL_REDIS", "redis://127.0.0.1:6379/0"),
 }
 START_HINTS = {
     "rabbitmq": "start it with `rabbitmq-server -detached` (or `docker run -d -p 5672:5672 rabbitmq:3.13`)",
+    "redis": 'start it with `redis-server --daemonize yes --save ""` (or `docker run -d -p 6379:6379 redis:7.4`)',
 }
 
 

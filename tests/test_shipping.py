@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pika
 import pytest
+import redis
 
-from .conftest import all_combinations, bake, bake_cached, combination_id, require_broker, run
+from .conftest import BROKERS, CONSUMERS, all_combinations, bake, bake_cached, combination_id, require_broker, run
 
 BIN = Path(sys.executable).parent
 SHIPPING = [
@@ -98,9 +99,11 @@ def wait_http(url: str, timeout: float = 30) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("consumer", ["async", "threaded"])
-def test_the_image_install_and_start_commands_work_outside_docker(tmp_path: Path, consumer: str) -> None:
-    project = bake(tmp_path, consumer=consumer, use_docker="yes", ci="none")
+@pytest.mark.parametrize(
+    ("broker", "consumer"), [pytest.param(b, c, id=f"{b}-{c}") for b in BROKERS for c in CONSUMERS]
+)
+def test_the_image_install_and_start_commands_work_outside_docker(tmp_path: Path, broker: str, consumer: str) -> None:
+    project = bake(tmp_path, broker=broker, consumer=consumer, use_docker="yes", ci="none")
     dockerfile = (project / "Dockerfile").read_text()
     venv = tmp_path / "opt-venv"
     run([sys.executable, "-m", "venv", str(venv)], tmp_path)
@@ -112,7 +115,11 @@ def test_the_image_install_and_start_commands_work_outside_docker(tmp_path: Path
     command = [re.sub(r"^8000$", str(port), part) for part in dockerfile_json_instruction(dockerfile, "CMD")]
     healthcheck = dockerfile_json_instruction(dockerfile, "HEALTHCHECK")
     healthcheck = [part.replace(":8000/", f":{port}/") for part in healthcheck]
-    env = {"PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}", "QUEUE_NAME": f"image-{consumer}-{port}"}
+    env = {
+        "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}",
+        "BROKER_URL": require_broker(broker),
+        "QUEUE_NAME": f"image-{consumer}-{port}",
+    }
     server = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
     try:
         assert wait_http(f"http://127.0.0.1:{port}/health/live") == 200
@@ -132,12 +139,17 @@ def test_the_image_install_and_start_commands_work_outside_docker(tmp_path: Path
     _, log = worker.communicate(timeout=60)
     assert worker.returncode == 0, started + log
     assert "worker stopped" in log
-    delete_queues(env["QUEUE_NAME"], env["QUEUE_NAME"] + ".dlq")
+    delete_queues(broker, env["QUEUE_NAME"], env["QUEUE_NAME"] + ".dlq")
 
 
-def delete_queues(*names: str) -> None:
+def delete_queues(broker: str, *names: str) -> None:
     """Leave the shared broker as we found it."""
-    connection = pika.BlockingConnection(pika.URLParameters(require_broker("rabbitmq")))
+    if broker == "redis":
+        client = redis.Redis.from_url(require_broker(broker))
+        client.delete(*names)
+        client.close()
+        return
+    connection = pika.BlockingConnection(pika.URLParameters(require_broker(broker)))
     try:
         channel = connection.channel()
         for name in names:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+{% if cookiecutter.broker == "redis" -%}
+import os
+import socket
+{% endif -%}
 from functools import lru_cache
 from urllib.parse import urlsplit
 
@@ -11,6 +15,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 {% if cookiecutter.broker == "rabbitmq" -%}
 BROKER_SCHEMES = {"amqp": 5672, "amqps": 5671}  # scheme: default port
 DEFAULT_BROKER_URL = "amqp://localhost:5672/%2F"
+{% elif cookiecutter.broker == "redis" -%}
+BROKER_SCHEMES = {"redis": 6379, "rediss": 6379}  # scheme: default port
+DEFAULT_BROKER_URL = "redis://localhost:6379/0"
+
+
+def default_consumer_name() -> str:
+    """Unique per process; the same for a container restarted in place (same host name, pid 1)."""
+    return f"{socket.gethostname()}-{os.getpid()}"
 {% endif %}
 
 class Settings(BaseSettings):
@@ -36,9 +48,21 @@ class Settings(BaseSettings):
     shutdown_timeout_seconds: float = Field(
         20.0, gt=0, description="How long a stopping consumer lets messages in hand finish."
     )
+{%- if cookiecutter.broker == "rabbitmq" %}
     heartbeat_seconds: int = Field(
         30, ge=1, description="Heartbeat interval; a dead peer is noticed within about two of them."
     )
+{%- elif cookiecutter.broker == "redis" %}
+    consumer_group: str = Field("workers", min_length=1, description="The consumer group every worker joins.")
+    consumer_name: str = Field(
+        default_factory=default_consumer_name, min_length=1, description="This consumer's name in the group."
+    )
+    claim_idle_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="A message pending this long (its consumer died, or its handler failed) is delivered again.",
+    )
+{%- endif %}
     log_level: str = Field("INFO", pattern=r"^(CRITICAL|ERROR|WARNING|INFO|DEBUG)$")
 
     @field_validator("log_level", mode="before")

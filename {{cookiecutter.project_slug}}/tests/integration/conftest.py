@@ -11,8 +11,14 @@ import pytest
 
 from {{ cookiecutter.project_slug }}.settings import BROKER_SCHEMES, DEFAULT_BROKER_URL, Settings
 
+{% if cookiecutter.broker == "redis" -%}
+from .probe_redis import SERVICE_HINT, Probe
+{%- else -%}
 from .probe_{{ cookiecutter.broker }}_{{ cookiecutter.consumer }} import SERVICE_HINT, Probe
+{%- endif %}
 from .tcp_proxy import TcpProxy
+
+__all__ = ["Probe", "via"]
 
 {% if cookiecutter.use_docker == "yes" -%}
 START_HINT = "run `docker compose up -d {{ cookiecutter.broker }}`, or " + SERVICE_HINT
@@ -53,7 +59,11 @@ def settings(broker_url: str, probe: Probe) -> Iterator[Settings]:
         max_retries=2,
         prefetch_count=10,
         shutdown_timeout_seconds=5,
+{%- if cookiecutter.broker == "rabbitmq" %}
         heartbeat_seconds=10,
+{%- elif cookiecutter.broker == "redis" %}
+        claim_idle_seconds=1,
+{%- endif %}
     )
     yield settings
     for queue in (settings.queue_name, settings.dead_letter_queue):

@@ -48,16 +48,14 @@ class Probe:
 
         asyncio.run(connect())
 
-    def publish(self, queue: str, body: bytes, headers: dict[str, Any] | None = None) -> None:
+    def publish(self, queue: str, *bodies: bytes) -> None:
         async def publish() -> None:
             async with self._channel() as channel:
-                message = aio_pika.Message(
-                    body,
-                    content_type="application/json",
-                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                    headers=headers,
-                )
-                await channel.default_exchange.publish(message, routing_key=queue, mandatory=True)
+                for body in bodies:
+                    message = aio_pika.Message(
+                        body, content_type="application/json", delivery_mode=aio_pika.DeliveryMode.PERSISTENT
+                    )
+                    await channel.default_exchange.publish(message, routing_key=queue, mandatory=True)
 
         asyncio.run(publish())
 

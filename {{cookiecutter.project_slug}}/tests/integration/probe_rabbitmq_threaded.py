@@ -45,10 +45,11 @@ class Probe:
         with self._channel():
             pass
 
-    def publish(self, queue: str, body: bytes, headers: dict[str, Any] | None = None) -> None:
-        properties = pika.BasicProperties(content_type="application/json", delivery_mode=2, headers=headers)
+    def publish(self, queue: str, *bodies: bytes) -> None:
+        properties = pika.BasicProperties(content_type="application/json", delivery_mode=2)
         with self._channel() as channel:
-            channel.basic_publish("", queue, body, properties, mandatory=True)
+            for body in bodies:
+                channel.basic_publish("", queue, body, properties, mandatory=True)
 
     def count(self, queue: str) -> int:
         with self._channel() as channel:

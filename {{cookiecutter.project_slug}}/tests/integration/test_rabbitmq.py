@@ -10,7 +10,7 @@ from {{ cookiecutter.project_slug }}.app import create_app
 from {{ cookiecutter.project_slug }}.settings import Settings
 from {{ cookiecutter.project_slug }}.tasks import TaskRegistry
 
-from .probe_{{ cookiecutter.broker }}_{{ cookiecutter.consumer }} import Probe
+from .conftest import Probe
 from .test_service import wait_ready
 
 

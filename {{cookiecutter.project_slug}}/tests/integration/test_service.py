@@ -15,8 +15,7 @@ from {{ cookiecutter.project_slug }}.settings import Settings
 from {{ cookiecutter.project_slug }}.tasks import TaskRegistry
 
 from ..conftest import Recorder
-from .conftest import via
-from .probe_{{ cookiecutter.broker }}_{{ cookiecutter.consumer }} import Probe
+from .conftest import Probe, via
 from .tcp_proxy import TcpProxy
 
 

@@ -1,17 +1,22 @@
-"""`python -m {{ cookiecutter.project_slug }}.worker` as operators run it: consumes, then stops cleanly on SIGTERM."""
+"""`python -m {{ cookiecutter.project_slug }}.worker` as operators run it: it consumes, stops cleanly
+on SIGTERM, and a worker killed with SIGKILL loses nothing once another one runs."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 from {{ cookiecutter.project_slug }}.settings import Settings
 
-from .probe_{{ cookiecutter.broker }}_{{ cookiecutter.consumer }} import Probe
+from .conftest import Probe
 from .test_service import eventually
+
+SUCCEEDED = re.compile(r"\[task=(\S+) request=\S+\] task process_image succeeded")
 
 
 def queue_exists(probe: Probe, queue: str) -> bool:
@@ -22,28 +27,65 @@ def queue_exists(probe: Probe, queue: str) -> bool:
     return True
 
 
-def test_the_worker_processes_a_task_and_exits_cleanly_on_sigterm(settings: Settings, probe: Probe) -> None:
+def start_worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "BROKER_URL": settings.broker_url,
         "QUEUE_NAME": settings.queue_name,
         "LOG_LEVEL": "INFO",
+{%- if cookiecutter.broker == "redis" %}
+        "CLAIM_IDLE_SECONDS": "1",
+{%- endif %}
     }
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "{{ cookiecutter.project_slug }}.worker"],
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    with log.open("ab") as output:
+        return subprocess.Popen([sys.executable, "-m", "{{ cookiecutter.project_slug }}.worker"], env=env, stderr=output)
+
+
+def image_task(task_id: str) -> bytes:
+    return json.dumps(
+        {"id": task_id, "type": "process_image", "payload": {"image_url": "https://example.com/a.png"}}
+    ).encode()
+
+
+def test_the_worker_processes_a_task_and_exits_cleanly_on_sigterm(
+    settings: Settings, probe: Probe, tmp_path: Path
+) -> None:
+    log = tmp_path / "worker.log"
+    worker = start_worker(settings, log)
     try:
         assert eventually(lambda: queue_exists(probe, settings.queue_name), timeout=30), "the worker never declared"
-        task = {"id": "worker-task-1", "type": "process_image", "payload": {"image_url": "https://example.com/a.png"}}
-        probe.publish(settings.queue_name, json.dumps(task).encode())
-        assert eventually(lambda: probe.count(settings.queue_name) == 0)
+        probe.publish(settings.queue_name, image_task("worker-task-1"))
+        assert eventually(lambda: "worker-task-1" in SUCCEEDED.findall(log.read_text()))
     finally:
         worker.send_signal(signal.SIGTERM)
-        _, log = worker.communicate(timeout=30)
-    assert worker.returncode == 0, log
-    assert "task=worker-task-1" in log
-    assert "succeeded" in log
-    assert "worker stopped" in log
+        worker.wait(timeout=30)
+    assert worker.returncode == 0, log.read_text()
+    assert "worker stopped" in log.read_text()
+
+
+def test_a_worker_killed_mid_stream_loses_nothing(settings: Settings, probe: Probe, tmp_path: Path) -> None:
+    sent = [f"kill-{n}" for n in range(2000)]
+    first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
+    declaring = start_worker(settings, tmp_path / "declare.log")
+    assert eventually(lambda: queue_exists(probe, settings.queue_name), timeout=30), "the worker never declared"
+    declaring.send_signal(signal.SIGTERM)
+    assert declaring.wait(timeout=30) == 0
+    probe.publish(settings.queue_name, *(image_task(task_id) for task_id in sent))
+
+    first = start_worker(settings, first_log)
+    assert eventually(lambda: len(SUCCEEDED.findall(first_log.read_text())) >= 20)
+    first.kill()  # SIGKILL: no drain, no goodbye
+    first.wait(timeout=30)
+    assert len(SUCCEEDED.findall(first_log.read_text())) < len(sent), "the first worker finished before the kill"
+
+    def processed() -> set[str]:
+        return set(SUCCEEDED.findall(first_log.read_text() + second_log.read_text()))
+
+    second = start_worker(settings, second_log)
+    try:
+        assert eventually(lambda: processed() >= set(sent), timeout=60), sorted(set(sent) - processed())
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.wait(timeout=30)
+    assert second.returncode == 0, second_log.read_text()
+    assert eventually(lambda: probe.count(settings.queue_name) == 0)

@@ -1,0 +1,51 @@
+"""What both Redis consumer styles share: stream names, entry fields, and the dead-letter entry."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from redis.typing import EncodableT, FieldT
+
+from ..settings import Settings
+
+Fields = dict[FieldT, EncodableT]
+Entry = tuple[bytes, dict[bytes, bytes] | None]  # an entry's fields are None once it was deleted
+
+BODY_FIELD = b"body"
+REQUEST_ID_FIELD = b"request_id"
+BLOCK_MILLISECONDS = 1000  # XREADGROUP's wait; shorter than the socket timeout, so an idle stream never times out
+SOCKET_TIMEOUT_SECONDS = 5.0
+CONNECT_TIMEOUT_SECONDS = 2.0
+# The client logs every reconnect attempt at length; ours say it once.
+CLIENT_LOGGERS = ("redis",)
+
+
+def group_exists_error(error: Exception) -> bool:
+    return "BUSYGROUP" in str(error)
+
+
+def entries_of(response: Any) -> list[Entry]:
+    """The entries of an XREADGROUP reply for one stream (redis-py types it loosely)."""
+    return [entry for _, entries in cast("list[tuple[bytes, list[Entry]]]", response or []) for entry in entries]
+
+
+def publish_fields(body: bytes, request_id: str | None) -> Fields:
+    fields: Fields = {BODY_FIELD: body}
+    if request_id:
+        fields[REQUEST_ID_FIELD] = request_id.encode()
+    return fields
+
+
+def dead_letter_fields(fields: dict[bytes, bytes], entry_id: bytes, reason: str, deliveries: int) -> Fields:
+    """The original body, untouched, with why and where it came from."""
+    return {
+        BODY_FIELD: fields.get(BODY_FIELD, b""),
+        b"reason": reason.encode(),
+        b"source_id": entry_id,
+        b"deliveries": str(deliveries).encode(),
+    }
+
+
+def claim_interval(settings: Settings) -> float:
+    """How often to look for messages abandoned by dead consumers, and to refresh our own."""
+    return max(0.1, min(5.0, settings.claim_idle_seconds / 3))

@@ -1,0 +1,73 @@
+"""What Redis itself must hold: the stream's entry format, and pending messages that survive
+the consumer that held them."""
+
+from __future__ import annotations
+
+import json
+
+from fastapi.testclient import TestClient
+
+from {{ cookiecutter.project_slug }}.app import create_app
+from {{ cookiecutter.project_slug }}.settings import Settings
+from {{ cookiecutter.project_slug }}.tasks import TaskRegistry
+
+from ..conftest import Recorder
+from .conftest import Probe
+from .test_service import eventually, wait_ready
+
+CONTRACT_TASK = b'{"id": "%s", "type": "record", "payload": {}}'
+
+
+def test_published_entries_carry_the_json_in_the_body_field(
+    settings: Settings, registry: TaskRegistry, probe: Probe
+) -> None:
+    settings = settings.model_copy(update={"consumer_enabled": False})
+    with TestClient(create_app(settings, registry=registry)) as client:
+        wait_ready(client)
+        response = client.post("/tasks", json={"type": "record", "payload": {}}, headers={"X-Request-ID": "req-7"})
+        assert response.status_code == 202
+        task_id = response.json()["id"]
+    [entry] = probe.take(settings.queue_name, 1)
+    assert json.loads(entry.body) == {"id": task_id, "type": "record", "payload": {}}
+    assert entry.headers == {"request_id": "req-7"}
+
+
+def test_messages_left_pending_by_a_dead_consumer_are_reclaimed(
+    settings: Settings, registry: TaskRegistry, recorder: Recorder, probe: Probe
+) -> None:
+    probe.create_group(settings.queue_name)
+    for n in range(3):
+        probe.publish(settings.queue_name, CONTRACT_TASK % f"orphan-{n}".encode())
+    assert len(probe.read_as(settings.queue_name, "consumer-that-died", 3)) == 3
+    with TestClient(create_app(settings, registry=registry)):
+        assert recorder.wait_finished(3, timeout=30)
+        assert sorted(recorder.finished) == ["orphan-0", "orphan-1", "orphan-2"]
+        assert eventually(lambda: probe.count(settings.queue_name) == 0)
+
+
+def test_a_restarted_consumer_first_finishes_its_own_pending_list(
+    settings: Settings, registry: TaskRegistry, recorder: Recorder, probe: Probe
+) -> None:
+    probe.create_group(settings.queue_name)
+    for n in range(2):
+        probe.publish(settings.queue_name, CONTRACT_TASK % f"mine-{n}".encode())
+    assert len(probe.read_as(settings.queue_name, "worker-1", 2)) == 2
+    # Same name as before the "restart", and no reclaiming for an hour: only its own list can explain it.
+    settings = settings.model_copy(update={"consumer_name": "worker-1", "claim_idle_seconds": 3600})
+    with TestClient(create_app(settings, registry=registry)):
+        assert recorder.wait_finished(2)
+        assert sorted(recorder.finished) == ["mine-0", "mine-1"]
+        assert eventually(lambda: probe.count(settings.queue_name) == 0)
+
+
+def test_a_dead_letter_keeps_the_original_body_with_the_reason(
+    settings: Settings, registry: TaskRegistry, probe: Probe
+) -> None:
+    probe.create_group(settings.queue_name)
+    probe.publish(settings.queue_name, b"\xffnot json")
+    with TestClient(create_app(settings, registry=registry)) as client:
+        wait_ready(client)
+        [dead] = probe.take(settings.dead_letter_queue, 1)
+    assert dead.body == b"\xffnot json"
+    assert "not a task message" in dead.headers["reason"]
+    assert dead.headers["deliveries"] == "1"

@@ -24,6 +24,10 @@ BROKER_FILES = {
         "tests/integration/probe_redis.py",
         "tests/integration/test_redis.py",
     ],
+    "kafka": [
+        f"{PACKAGE}/brokers/kafka_records.py",
+        "tests/integration/test_kafka.py",
+    ],
 }
 
 # Files that only one broker and consumer style need: the client module and its test probe.
@@ -38,6 +42,14 @@ CLIENT_FILES = {
     ],
     ("redis", "async"): [f"{PACKAGE}/brokers/redis_async.py"],
     ("redis", "threaded"): [f"{PACKAGE}/brokers/redis_threaded.py"],
+    ("kafka", "async"): [
+        f"{PACKAGE}/brokers/kafka_async.py",
+        "tests/integration/probe_kafka_async.py",
+    ],
+    ("kafka", "threaded"): [
+        f"{PACKAGE}/brokers/kafka_threaded.py",
+        "tests/integration/probe_kafka_threaded.py",
+    ],
 }
 
 DOCKER_FILES = ["Dockerfile", ".dockerignore", "docker-compose.yml"]

@@ -40,7 +40,6 @@ IMPORTED_MODULES = frozenset(
     }
 )
 
-AVAILABLE_BROKERS = ("rabbitmq", "redis")
 SUPPORTED_PYTHON = ("3.11", "3.12", "3.13", "3.14")
 
 
@@ -61,14 +60,6 @@ def check_slug(slug: str) -> None:
         raise AnswerError(f"project_slug {slug!r} would shadow the module {slug!r} that the project imports; {fix}")
 
 
-def check_broker(broker: str) -> None:
-    if broker not in AVAILABLE_BROKERS:
-        raise AnswerError(
-            f"broker={broker} is not yet available in this template version; "
-            f"choose one of: {', '.join(AVAILABLE_BROKERS)}"
-        )
-
-
 def check_python_version(version: str) -> None:
     if version not in SUPPORTED_PYTHON:
         raise AnswerError(f"python_version {version!r} is not supported; choose one of: {', '.join(SUPPORTED_PYTHON)}")
@@ -77,7 +68,6 @@ def check_python_version(version: str) -> None:
 def main(context: dict[str, object]) -> int:
     try:
         check_slug(str(context["project_slug"]))
-        check_broker(str(context["broker"]))
         check_python_version(str(context["python_version"]))
     except AnswerError as error:
         print(f"ERROR: {error}", file=sys.stderr)

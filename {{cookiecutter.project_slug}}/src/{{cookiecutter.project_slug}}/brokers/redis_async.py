@@ -15,7 +15,6 @@ from typing import Any, cast
 
 import redis.asyncio as redis
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError, ResponseError
 
 from ..messages import TaskMessage, encode
@@ -26,15 +25,15 @@ from .redis_streams import (
     BLOCK_MILLISECONDS,
     BODY_FIELD,
     CLIENT_LOGGERS,
-    CONNECT_TIMEOUT_SECONDS,
     REQUEST_ID_FIELD,
-    SOCKET_TIMEOUT_SECONDS,
     Entry,
     claim_interval,
+    client_options,
     dead_letter_fields,
     entries_of,
     group_exists_error,
     publish_fields,
+    retry_backoff,
 )
 
 __all__ = ["CLIENT_LOGGERS", "BrokerConsumer", "BrokerPublisher"]
@@ -43,16 +42,7 @@ logger = logging.getLogger(__name__)
 
 
 def make_client(settings: Settings, name: str) -> redis.Redis:
-    return redis.Redis.from_url(
-        settings.broker_url,
-        socket_timeout=SOCKET_TIMEOUT_SECONDS,
-        socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
-        socket_keepalive=True,
-        health_check_interval=30,
-        # A couple of quick retries on a dropped connection; the loops above back off for longer.
-        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
-        client_name=name,
-    )
+    return redis.Redis.from_url(settings.broker_url, retry=Retry(retry_backoff(), 2), **client_options(name))
 
 
 class BrokerPublisher:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, cast
 
+from redis.backoff import ExponentialBackoff
 from redis.typing import EncodableT, FieldT
 
 from ..settings import Settings
@@ -14,10 +15,24 @@ Entry = tuple[bytes, dict[bytes, bytes] | None]  # an entry's fields are None on
 BODY_FIELD = b"body"
 REQUEST_ID_FIELD = b"request_id"
 BLOCK_MILLISECONDS = 1000  # XREADGROUP's wait; shorter than the socket timeout, so an idle stream never times out
-SOCKET_TIMEOUT_SECONDS = 5.0
-CONNECT_TIMEOUT_SECONDS = 2.0
 # The client logs every reconnect attempt at length; ours say it once.
 CLIENT_LOGGERS = ("redis",)
+
+
+def client_options(name: str) -> dict[str, Any]:
+    """Connection options of every client, sync or asyncio (each adds its own `retry`)."""
+    return {
+        "socket_timeout": 5.0,
+        "socket_connect_timeout": 2.0,
+        "socket_keepalive": True,
+        "health_check_interval": 30,
+        "client_name": name,
+    }
+
+
+def retry_backoff() -> ExponentialBackoff:
+    """A couple of quick retries on a dropped connection; the consumer loops back off for longer."""
+    return ExponentialBackoff(cap=0.5, base=0.05)
 
 
 def group_exists_error(error: Exception) -> bool:

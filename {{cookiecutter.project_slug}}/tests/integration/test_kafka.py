@@ -1,0 +1,52 @@
+"""What Kafka itself must hold: the record format, and offsets that never skip a failed record."""
+
+from __future__ import annotations
+
+import json
+
+from fastapi.testclient import TestClient
+
+from {{ cookiecutter.project_slug }}.app import create_app
+from {{ cookiecutter.project_slug }}.settings import Settings
+from {{ cookiecutter.project_slug }}.tasks import TaskRegistry
+
+from ..conftest import Recorder
+from .conftest import Probe
+from .test_service import eventually, post, publish_only, wait_ready
+
+
+def test_published_records_carry_the_id_as_key_and_the_request_id_as_header(
+    settings: Settings, registry: TaskRegistry, probe: Probe
+) -> None:
+    task_id = publish_only(settings, registry, "req-7")
+    [record] = probe.take(settings.queue_name, 1)
+    assert record.key == task_id.encode()
+    assert record.headers == {"x-request-id": "req-7"}
+
+
+def test_a_failed_record_is_dead_lettered_before_any_later_offset_is_committed(
+    settings: Settings, registry: TaskRegistry, recorder: Recorder, probe: Probe
+) -> None:
+    # One partition: the failing record and the one after it share it, so order is what is tested.
+    settings = settings.model_copy(update={"topic_partitions": 1})
+    with TestClient(create_app(settings, registry=registry)) as client:
+        wait_ready(client)
+        bad = post(client, "explode")
+        good = post(client, "record")
+        assert recorder.wait_finished(1, timeout=30)
+        assert recorder.started == [bad] * (settings.max_retries + 1) + [good]
+        [dead] = probe.take(settings.dead_letter_queue, 1)
+        assert json.loads(dead.body)["id"] == bad
+        assert "this handler always fails" in dead.headers["x-dead-letter-reason"]
+        assert dead.headers["x-attempts"] == str(settings.max_retries + 1)
+        assert eventually(lambda: probe.count(settings.queue_name) == 0)
+
+
+def test_a_dead_letter_keeps_the_original_value(settings: Settings, registry: TaskRegistry, probe: Probe) -> None:
+    with TestClient(create_app(settings, registry=registry)) as client:
+        wait_ready(client)
+        probe.publish(settings.queue_name, b"\xffnot json")
+        [dead] = probe.take(settings.dead_letter_queue, 1)
+    assert dead.body == b"\xffnot json"
+    assert "not a task message" in dead.headers["x-dead-letter-reason"]
+    assert dead.headers["x-attempts"] == "1"

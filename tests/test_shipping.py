@@ -194,6 +194,7 @@ def test_the_image_install_and_start_commands_work_outside_docker(tmp_path: Path
         "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}",
         "BROKER_URL": require_broker(broker),
         "QUEUE_NAME": f"image-{consumer}-{port}",
+        "METRICS_PORT": "0",  # parallel test workers would share the worker's default port
         **BROKER_TEST_ENV.get(broker, {}),
         **STYLE_TEST_ENV.get((broker, consumer), {}),
     }

@@ -57,8 +57,7 @@ class InMemoryBroker:
         outcomes = []
         while self.queue:
             envelope = self.queue.popleft()
-            request_id = envelope.headers.get("x-request-id")
-            verdict = {% if cookiecutter.consumer == "async" %}await {% endif %}processor.process(envelope.body, envelope.retries, request_id)
+            verdict = {% if cookiecutter.consumer == "async" %}await {% endif %}processor.process(envelope.body, envelope.retries, envelope.headers)
             outcomes.append(verdict.outcome)
             if verdict.outcome is Outcome.RETRIED:
                 self.queue.append(Envelope(envelope.body, envelope.headers, envelope.retries + 1))
@@ -84,9 +83,9 @@ class StubConsumer:
         self.stopped = True
 
 
-def process(processor: Processor, body: bytes, retries: int = 0) -> Outcome:
+def process(processor: Processor, body: bytes, retries: int = 0, headers: dict[str, str] | None = None) -> Outcome:
     """Run one message through the processor from a plain (synchronous) test."""
-    return {% if cookiecutter.consumer == "async" %}asyncio.run(processor.process(body, retries)).outcome{% else %}processor.process(body, retries).outcome{% endif %}
+    return {% if cookiecutter.consumer == "async" %}asyncio.run(processor.process(body, retries, headers)).outcome{% else %}processor.process(body, retries, headers).outcome{% endif %}
 
 
 def drain(broker: InMemoryBroker, processor: Processor) -> list[Outcome]:

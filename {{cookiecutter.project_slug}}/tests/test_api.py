@@ -59,6 +59,7 @@ def test_the_request_id_is_returned_and_travels_with_the_message(client: TestCli
     response = client.post("/tasks", json=IMAGE_TASK, headers={"X-Request-ID": "req-42"})
     assert response.headers["X-Request-ID"] == "req-42"
     assert broker.queue[0].headers["x-request-id"] == "req-42"
+    assert float(broker.queue[0].headers["x-published-at"]) <= time.time()
     made_up = client.post("/tasks", json=IMAGE_TASK, headers={"X-Request-ID": "bad id\twith spaces"})
     assert made_up.headers["X-Request-ID"] != "bad id\twith spaces"
 
@@ -121,18 +122,26 @@ def test_a_streamed_body_over_one_mebibyte_gets_413(client: TestClient, broker: 
 
 def test_broker_down_gets_503_with_a_detail(client: TestClient, broker: InMemoryBroker) -> None:
     broker.available = False
+    failures = publish_failures("unavailable")
     response = client.post("/tasks", json=IMAGE_TASK)
     assert response.status_code == 503
+    assert publish_failures("unavailable") == failures + 1
     assert "broker unavailable" in response.json()["detail"]
     assert broker.published == []
 
 
 def test_a_broker_that_never_answers_gets_503_within_the_timeout(client: TestClient, broker: InMemoryBroker) -> None:
     broker.hang = True
+    timeouts = publish_failures("timeout")
     started = time.monotonic()
     response = client.post("/tasks", json=IMAGE_TASK)
     assert response.status_code == 503
     assert time.monotonic() - started < 5
+    assert publish_failures("timeout") == timeouts + 1
+
+
+def publish_failures(reason: str) -> float:
+    return REGISTRY.get_sample_value("tasks_publish_failures_total", {"reason": reason}) or 0.0
 
 
 def test_liveness(client: TestClient, broker: InMemoryBroker) -> None:

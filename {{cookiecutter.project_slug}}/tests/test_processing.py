@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from prometheus_client import REGISTRY
@@ -101,3 +102,29 @@ def test_a_task_type_cannot_be_registered_twice(registry: TaskRegistry) -> None:
 
     with pytest.raises(ValueError, match="registered twice"):
         registry.task("process_image", ProcessImagePayload)(process_image)
+
+
+def sample(name: str, labels: dict[str, str] | None = None) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_handling_moves_the_queue_wait_and_handler_duration_histograms(processor: Processor) -> None:
+    waits, waited = sample("task_queue_wait_seconds_count"), sample("task_queue_wait_seconds_sum")
+    succeeded = {"type": "record", "outcome": "succeeded"}
+    durations = sample("task_handler_duration_seconds_count", succeeded)
+    published_two_seconds_ago = {"x-published-at": f"{time.time() - 2:.6f}"}
+    assert process(processor, body("record", {}), headers=published_two_seconds_ago) is Outcome.SUCCEEDED
+    assert sample("task_queue_wait_seconds_count") == waits + 1
+    assert sample("task_queue_wait_seconds_sum") - waited >= 2
+    assert sample("task_handler_duration_seconds_count", succeeded) == durations + 1
+    assert sample("tasks_in_hand") == 0
+
+
+def test_a_failed_attempt_is_timed_under_its_outcome_and_retries_do_not_count_as_waiting(
+    processor: Processor,
+) -> None:
+    retried = {"type": "explode", "outcome": "retried"}
+    before, waits = sample("task_handler_duration_seconds_count", retried), sample("task_queue_wait_seconds_count")
+    process(processor, body("explode", {}), retries=1, headers={"x-published-at": f"{time.time():.6f}"})
+    assert sample("task_handler_duration_seconds_count", retried) == before + 1
+    assert sample("task_queue_wait_seconds_count") == waits

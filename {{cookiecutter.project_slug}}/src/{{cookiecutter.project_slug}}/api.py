@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Literal
@@ -15,10 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .brokers import BrokerUnavailable, Consumer, Publisher
 from .logs import log_context, request_id_var
-from .messages import TaskMessage
-from .metrics import TASKS_PUBLISHED
+from .messages import PUBLISHED_AT_HEADER, REQUEST_ID_HEADER, TaskMessage
+from .metrics import PUBLISH_FAILURES, TASKS_PUBLISHED
 from .settings import Settings
 from .tasks import TaskRegistry
+from .tracing import publish_span
 
 logger = logging.getLogger(__name__)
 
@@ -135,14 +137,15 @@ async def create_task(
 ) -> TaskAccepted:
     """Queue a task. 202 means the broker has durably accepted it."""
     message = TaskMessage(id=str(uuid.uuid4()), type=task.type, payload=task.payload)
-    with log_context(task_id=message.id, request_id=request_id_var.get()):
+    headers = {REQUEST_ID_HEADER: request_id_var.get(), PUBLISHED_AT_HEADER: f"{time.time():.6f}"}
+    with log_context(task_id=message.id, request_id=request_id_var.get(), task_type=message.type):
         try:
-            await asyncio.wait_for(
-                publisher.publish(message, {"x-request-id": request_id_var.get()}),
-                timeout=settings.publish_timeout_seconds,
-            )
+            with publish_span(settings.queue_name, headers):
+                await asyncio.wait_for(publisher.publish(message, headers), timeout=settings.publish_timeout_seconds)
         except (BrokerUnavailable, TimeoutError) as error:
-            logger.warning("task not accepted, broker unavailable: %s", error or "timed out")
+            reason = "timeout" if isinstance(error, TimeoutError) else "unavailable"
+            PUBLISH_FAILURES.labels(reason=reason).inc()
+            logger.warning("task not accepted (%s): %s", reason, error or "no answer in time")
             raise HTTPException(status_code=503, detail="broker unavailable, task not accepted; retry later") from None
         TASKS_PUBLISHED.inc()
         logger.info("task %s accepted", message.type)

@@ -2,32 +2,65 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from typing import Any
 
 task_id_var: ContextVar[str] = ContextVar("task_id", default="-")
 request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
+task_type_var: ContextVar[str] = ContextVar("task_type", default="-")
+attempt_var: ContextVar[int] = ContextVar("attempt", default=0)
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [task=%(task_id)s request=%(request_id)s] %(message)s"
-
-
-class ContextFilter(logging.Filter):
-    """Stamps each record with the ids of the task and request being worked on."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.task_id = task_id_var.get()
-        record.request_id = request_id_var.get()
-        return True
+TEXT_FORMAT = (
+    "%(asctime)s %(levelname)s %(name)s "
+    "[task=%(task_id)s type=%(task_type)s attempt=%(attempt)s request=%(request_id)s] %(message)s"
+)
 
 
-def configure_logging(level: str, quiet: tuple[str, ...] = ()) -> None:
-    """One handler on the root logger; `quiet` loggers (a chatty client library's) log warnings only."""
+_make_record = logging.getLogRecordFactory()
+
+
+def _record_with_context(*args: Any, **kwargs: Any) -> logging.LogRecord:
+    """Every record, whichever handler gets it, carries the task and request being worked on."""
+    record = _make_record(*args, **kwargs)
+    record.task_id = task_id_var.get()
+    record.task_type = task_type_var.get()
+    record.attempt = attempt_var.get()
+    record.request_id = request_id_var.get()
+    return record
+
+
+logging.setLogRecordFactory(_record_with_context)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log collectors."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, object] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for field in ("task_id", "task_type", "attempt", "request_id"):
+            value = getattr(record, field, None)
+            if value not in (None, "-", 0):
+                line[field] = value
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, ensure_ascii=False)
+
+
+def configure_logging(level: str, log_format: str = "text", quiet: tuple[str, ...] = ()) -> None:
+    """One handler on the root logger, text for terminals or JSON lines for containers;
+    `quiet` loggers (a chatty client library's) log warnings only."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
-    handler.addFilter(ContextFilter())
+    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -36,11 +69,17 @@ def configure_logging(level: str, quiet: tuple[str, ...] = ()) -> None:
 
 
 @contextmanager
-def log_context(*, task_id: str, request_id: str | None = None) -> Iterator[None]:
+def log_context(
+    *, task_id: str, request_id: str | None = None, task_type: str = "-", attempt: int = 0
+) -> Iterator[None]:
     task_token = task_id_var.set(task_id)
     request_token = request_id_var.set(request_id or "-")
+    type_token = task_type_var.set(task_type)
+    attempt_token = attempt_var.set(attempt)
     try:
         yield
     finally:
+        attempt_var.reset(attempt_token)
+        task_type_var.reset(type_token)
         request_id_var.reset(request_token)
         task_id_var.reset(task_token)

@@ -6,7 +6,9 @@ from .app import create_app
 from .brokers import CLIENT_LOGGERS
 from .logs import configure_logging
 from .settings import get_settings
+from .tracing import configure_tracing
 
 settings = get_settings()
-configure_logging(settings.log_level, quiet=CLIENT_LOGGERS)
+configure_logging(settings.log_level, settings.log_format, quiet=CLIENT_LOGGERS)
+configure_tracing(settings)
 app = create_app(settings)

@@ -7,6 +7,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 CONTENT_TYPE = "application/json"
+# Headers our publisher adds to every message, in the broker's own kind of header; all optional.
+REQUEST_ID_HEADER = "x-request-id"
+PUBLISHED_AT_HEADER = "x-published-at"  # Unix time in seconds, as text
 
 
 class InvalidMessage(ValueError):

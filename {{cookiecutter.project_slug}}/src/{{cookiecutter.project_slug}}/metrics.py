@@ -1,8 +1,9 @@
-"""Prometheus counters; the names are part of the service's public contract."""
+"""Prometheus metrics. `tasks_published_total` and `tasks_processed_total` are part of the
+service's public contract; the rest show where a task is and how long it takes."""
 
 from __future__ import annotations
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge, Histogram
 
 TASKS_PUBLISHED = Counter("tasks_published", "Tasks the broker durably accepted through POST /tasks.")
 TASKS_PROCESSED = Counter(
@@ -10,3 +11,22 @@ TASKS_PROCESSED = Counter(
     "Messages the consumer finished, by outcome: succeeded, retried or dead_lettered.",
     ["outcome"],
 )
+PUBLISH_FAILURES = Counter(
+    "tasks_publish_failures",
+    "POST /tasks answered 503, by reason: unavailable (the broker refused or is unreachable) or timeout.",
+    ["reason"],
+)
+TASKS_IN_HAND = Gauge("tasks_in_hand", "Messages this process is handling right now.")
+QUEUE_WAIT = Histogram(
+    "task_queue_wait_seconds",
+    "From publish to the handler's first start: how long a task waited in the broker.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
+)
+HANDLER_DURATION = Histogram(
+    "task_handler_duration_seconds",
+    "How long a handler ran, by task type and outcome (succeeded, retried, dead_lettered).",
+    ["type", "outcome"],
+)
+
+for _reason in ("unavailable", "timeout"):
+    PUBLISH_FAILURES.labels(reason=_reason)

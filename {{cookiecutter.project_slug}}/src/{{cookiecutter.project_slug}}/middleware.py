@@ -11,6 +11,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .logs import request_id_var
+from .tracing import request_span
 
 MAX_BODY_BYTES = 1024 * 1024
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -54,7 +55,8 @@ class BodySizeLimit:
 
 
 class RequestId:
-    """Keeps a well-formed incoming X-Request-ID or makes one, logs with it, and returns it."""
+    """Keeps a well-formed incoming X-Request-ID or makes one, logs with it, and returns it;
+    opens the request's trace span when tracing is on."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -73,6 +75,7 @@ class RequestId:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            with request_span(scope["method"], scope["path"]):
+                await self.app(scope, receive, send_with_id)
         finally:
             request_id_var.reset(token)

@@ -6,15 +6,19 @@ Broker modules call `Processor.process` and carry out the verdict; the rules liv
 from __future__ import annotations
 
 import logging
+import math
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
 from pydantic import ValidationError
 
 from .logs import log_context
-from .messages import InvalidMessage, decode
-from .metrics import TASKS_PROCESSED
+from .messages import PUBLISHED_AT_HEADER, REQUEST_ID_HEADER, InvalidMessage, decode
+from .metrics import HANDLER_DURATION, QUEUE_WAIT, TASKS_IN_HAND, TASKS_PROCESSED
 from .tasks import TaskRegistry
+from .tracing import handle_span, record_error
 
 logger = logging.getLogger(__name__)
 
@@ -42,19 +46,26 @@ class Processor:
         self.registry = registry
         self.max_retries = max_retries
 
-    {% if cookiecutter.consumer == "async" %}async {% endif %}def process(self, body: bytes, retries: int, request_id: str | None = None) -> Verdict:
+    {% if cookiecutter.consumer == "async" %}async {% endif %}def process(self, body: bytes, retries: int, headers: Mapping[str, str] | None = None) -> Verdict:
         """Never raises for a bad message or a failing handler: each becomes a verdict."""
-        verdict = {% if cookiecutter.consumer == "async" %}await {% endif %}self._run(body, retries, request_id)
+        TASKS_IN_HAND.inc()
+        try:
+            verdict = {% if cookiecutter.consumer == "async" %}await {% endif %}self._run(body, retries, headers or {})
+        finally:
+            TASKS_IN_HAND.dec()
         TASKS_PROCESSED.labels(outcome=verdict.outcome.value).inc()
         return verdict
 
-    {% if cookiecutter.consumer == "async" %}async {% endif %}def _run(self, body: bytes, retries: int, request_id: str | None) -> Verdict:
+    {% if cookiecutter.consumer == "async" %}async {% endif %}def _run(self, body: bytes, retries: int, headers: Mapping[str, str]) -> Verdict:
         try:
             message = decode(body)
         except InvalidMessage as error:
             logger.warning("dead-lettering a malformed message: %s", error)
             return Verdict(Outcome.DEAD_LETTERED, str(error))
-        with log_context(task_id=message.id, request_id=request_id):
+        context = log_context(
+            task_id=message.id, request_id=headers.get(REQUEST_ID_HEADER), task_type=message.type, attempt=retries + 1
+        )
+        with context:
             task_type = self.registry.get(message.type)
             if task_type is None:
                 logger.warning("dead-lettering a message of unknown type %r", message.type)
@@ -65,12 +76,21 @@ class Processor:
                 reason = f"invalid payload for {message.type!r}: {error.error_count()} error(s)"
                 logger.warning("dead-lettering: %s", reason)
                 return Verdict(Outcome.DEAD_LETTERED, reason)
-            try:
-                {% if cookiecutter.consumer == "async" %}await {% endif %}task_type.handler(payload, message)
-            except Exception as error:
-                return self._failed(error, retries)
-            logger.info("task %s succeeded (attempt %d)", message.type, retries + 1)
-            return Verdict(Outcome.SUCCEEDED)
+            if retries == 0:
+                observe_queue_wait(headers)
+            started = time.perf_counter()
+            with handle_span(message.type, headers):
+                try:
+                    {% if cookiecutter.consumer == "async" %}await {% endif %}task_type.handler(payload, message)
+                except Exception as error:
+                    record_error(error)
+                    verdict = self._failed(error, retries)
+                else:
+                    logger.info("task %s succeeded (attempt %d)", message.type, retries + 1)
+                    verdict = Verdict(Outcome.SUCCEEDED)
+            elapsed = time.perf_counter() - started
+            HANDLER_DURATION.labels(type=message.type, outcome=verdict.outcome.value).observe(elapsed)
+            return verdict
 
     def _failed(self, error: Exception, retries: int) -> Verdict:
         reason = f"{type(error).__name__}: {error}"
@@ -79,3 +99,13 @@ class Processor:
             return Verdict(Outcome.RETRIED, reason)
         logger.error("handler failed after %d retries, dead-lettering: %s", retries, reason, exc_info=error)
         return Verdict(Outcome.DEAD_LETTERED, f"failed after {retries} retries: {reason}")
+
+
+def observe_queue_wait(headers: Mapping[str, str]) -> None:
+    """Time since publish, where the publisher stamped it (other programs may not)."""
+    try:
+        published_at = float(headers[PUBLISHED_AT_HEADER])
+    except (KeyError, ValueError):
+        return
+    if math.isfinite(published_at):
+        QUEUE_WAIT.observe(max(0.0, time.time() - published_at))

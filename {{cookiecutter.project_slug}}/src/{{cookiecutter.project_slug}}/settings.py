@@ -81,6 +81,11 @@ class Settings(BaseSettings):
     )
 {%- endif %}
     log_level: str = Field("INFO", pattern=r"^(CRITICAL|ERROR|WARNING|INFO|DEBUG)$")
+    log_format: str = Field("text", pattern=r"^(text|json)$", description="text for a terminal, json for containers.")
+    metrics_port: int = Field(
+        9100, ge=0, le=65535, description="Where `python -m ...worker` serves /metrics; 0 turns it off."
+    )
+    tracing_enabled: bool = Field(False, description="OpenTelemetry tracing; needs the `tracing` extra.")
 
     @field_validator("log_level", mode="before")
     @classmethod

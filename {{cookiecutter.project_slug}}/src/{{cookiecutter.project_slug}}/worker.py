@@ -6,11 +6,14 @@ import asyncio
 import logging
 import signal
 
+from prometheus_client import start_http_server
+
 from . import handlers
 from .brokers import CLIENT_LOGGERS, make_consumer
 from .logs import configure_logging
 from .processing import Processor
 from .settings import Settings, get_settings
+from .tracing import configure_tracing
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +34,12 @@ async def run(settings: Settings) -> None:
 
 def main() -> None:
     settings = get_settings()
-    configure_logging(settings.log_level, quiet=CLIENT_LOGGERS)
+    configure_logging(settings.log_level, settings.log_format, quiet=CLIENT_LOGGERS)
+    configure_tracing(settings)
+    if settings.metrics_port:
+        # The API serves /metrics itself; a worker alone serves it here.
+        start_http_server(settings.metrics_port)
+        logger.info("metrics on http://0.0.0.0:%d/metrics", settings.metrics_port)
     asyncio.run(run(settings))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -80,6 +81,29 @@ def test_tasks_posted_over_http_are_processed_once_each(
         assert eventually(lambda: probe.count(settings.queue_name) == 0)
         metrics = client.get("/metrics").text
         assert 'tasks_processed_total{outcome="succeeded"}' in metrics
+
+
+def test_the_request_id_and_task_id_reach_the_handlers_log_line(
+    settings: Settings, registry: TaskRegistry, recorder: Recorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    with running(settings, registry) as client:
+        wait_ready(client)
+        task = {"type": "record", "payload": {}}
+        response = client.post("/tasks", json=task, headers={"X-Request-ID": "follow-me-1"})
+        assert response.status_code == 202
+        task_id = response.json()["id"]
+        assert recorder.wait_finished(1)
+
+        def handled_line() -> bool:
+            wanted = (task_id, "follow-me-1", "record", 1)
+            return any(
+                tuple(getattr(r, field, None) for field in ("task_id", "request_id", "task_type", "attempt")) == wanted
+                and "succeeded" in r.getMessage()
+                for r in list(caplog.records)
+            )
+
+        assert eventually(handled_line)
 
 
 def test_a_contract_message_from_another_program_is_processed(

@@ -7,8 +7,10 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 from {{ cookiecutter.project_slug }}.settings import Settings
@@ -16,7 +18,7 @@ from {{ cookiecutter.project_slug }}.settings import Settings
 from .conftest import Probe
 from .test_service import eventually
 
-SUCCEEDED = re.compile(r"\[task=(\S+) request=\S+\] task process_image succeeded")
+SUCCEEDED = re.compile(r"\[task=(\S+) [^\]]*\] task process_image succeeded")
 
 
 def queue_exists(probe: Probe, queue: str) -> bool:
@@ -27,18 +29,25 @@ def queue_exists(probe: Probe, queue: str) -> bool:
     return True
 
 
-def start_worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
+def start_worker(settings: Settings, log: Path, metrics_port: int = 0) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "BROKER_URL": settings.broker_url,
         "QUEUE_NAME": settings.queue_name,
         "LOG_LEVEL": "INFO",
+        "METRICS_PORT": str(metrics_port),
 {%- if cookiecutter.broker == "redis" %}
         "CLAIM_IDLE_SECONDS": "1",
 {%- endif %}
     }
     with log.open("ab") as output:
         return subprocess.Popen([sys.executable, "-m", "{{ cookiecutter.project_slug }}.worker"], env=env, stderr=output)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def image_task(task_id: str) -> bytes:
@@ -51,11 +60,15 @@ def test_the_worker_processes_a_task_and_exits_cleanly_on_sigterm(
     settings: Settings, probe: Probe, tmp_path: Path
 ) -> None:
     log = tmp_path / "worker.log"
-    worker = start_worker(settings, log)
+    port = free_port()
+    worker = start_worker(settings, log, metrics_port=port)
     try:
         assert eventually(lambda: queue_exists(probe, settings.queue_name), timeout=30), "the worker never declared"
         probe.publish(settings.queue_name, image_task("worker-task-1"))
         assert eventually(lambda: "worker-task-1" in SUCCEEDED.findall(log.read_text()))
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        assert 'tasks_processed_total{outcome="succeeded"} 1.0' in metrics
+        assert "task_handler_duration_seconds_count" in metrics
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(timeout=30)

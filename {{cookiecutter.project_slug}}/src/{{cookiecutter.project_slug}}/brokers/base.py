@@ -5,10 +5,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Protocol
 
 from ..messages import TaskMessage
+
+
+def text_headers(items: Iterable[tuple[str | bytes, object]]) -> dict[str, str]:
+    """A message's headers as text, whatever the client hands over (bytes, str, numbers)."""
+    return {
+        key.decode(errors="replace") if isinstance(key, bytes) else key: (
+            value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+        )
+        for key, value in items
+        if value is not None
+    }
 
 
 class BrokerUnavailable(Exception):

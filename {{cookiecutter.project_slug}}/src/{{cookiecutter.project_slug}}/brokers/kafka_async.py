@@ -19,8 +19,8 @@ from aiokafka.errors import KafkaError
 from ..messages import TaskMessage, encode
 from ..processing import Outcome, Processor
 from ..settings import Settings
-from .base import Backoff, BrokerUnavailable, sleep_unless_stopping
-from .kafka_records import REQUEST_ID_HEADER, dead_letter_headers, request_id_of, retry_pause
+from .base import Backoff, BrokerUnavailable, sleep_unless_stopping, text_headers
+from .kafka_records import dead_letter_headers, record_headers, retry_pause
 
 __all__ = ["CLIENT_LOGGERS", "BrokerConsumer", "BrokerPublisher"]
 
@@ -95,13 +95,12 @@ class BrokerPublisher:
 
     async def publish(self, message: TaskMessage, headers: Mapping[str, str]) -> None:
         producer = self._connected()
-        request_id = headers.get(REQUEST_ID_HEADER, "")
         try:
             await producer.send_and_wait(
                 self._settings.queue_name,
                 value=encode(message),
                 key=message.id.encode(),
-                headers=[(REQUEST_ID_HEADER, request_id.encode())] if request_id else None,
+                headers=record_headers(headers) or None,
             )
         except CONNECTION_ERRORS as error:
             raise BrokerUnavailable(f"Kafka did not acknowledge the message: {error!r}") from error
@@ -255,9 +254,9 @@ class BrokerConsumer:
 
     async def _settle(self, record: Any) -> bool:
         """Handle one record, retrying in place; dead-letter it if it must. True once it is done."""
-        request_id = request_id_of(record.headers)
+        headers = text_headers(record.headers or ())
         for retry in range(self._settings.max_retries + 1):
-            verdict = await self._processor.process(record.value or b"", retry, request_id)
+            verdict = await self._processor.process(record.value or b"", retry, headers)
             if verdict.outcome is Outcome.SUCCEEDED:
                 return True
             if verdict.outcome is Outcome.DEAD_LETTERED:

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
-REQUEST_ID_HEADER = "x-request-id"
 REASON_HEADER = "x-dead-letter-reason"
 Headers = list[tuple[str, bytes]]
 
 
-def request_id_of(headers: Sequence[tuple[str, bytes | None]] | None) -> str | None:
-    for key, value in headers or ():
-        if key == REQUEST_ID_HEADER and value:
-            return value.decode(errors="replace")
-    return None
+def record_headers(headers: Mapping[str, str]) -> Headers:
+    return [(key, value.encode()) for key, value in headers.items()]
 
 
 def dead_letter_headers(

@@ -22,8 +22,8 @@ from confluent_kafka.cimpl import NewTopic  # where the stubs declare it; conflu
 from ..messages import TaskMessage, encode
 from ..processing import Outcome, Processor
 from ..settings import Settings
-from .base import Backoff, BrokerUnavailable
-from .kafka_records import dead_letter_headers, request_id_of, retry_pause
+from .base import Backoff, BrokerUnavailable, text_headers
+from .kafka_records import dead_letter_headers, retry_pause
 
 __all__ = ["CLIENT_LOGGERS", "BrokerConsumer", "BrokerPublisher"]
 
@@ -439,10 +439,10 @@ class BrokerConsumer:
         """Handle one record, retrying in place; dead-letter it if it must. True once it is done."""
         body = record.value() or b""
         headers = headers_of(record)
-        request_id = request_id_of(headers)
+        text = text_headers(headers or ())
         retries = 0
         while True:
-            verdict = self._processor.process(body, retries, request_id)
+            verdict = self._processor.process(body, retries, text)
             if verdict.outcome is Outcome.SUCCEEDED:
                 return True
             if verdict.outcome is Outcome.DEAD_LETTERED:

@@ -21,7 +21,7 @@ from aio_pika.exceptions import CONNECTION_EXCEPTIONS, DeliveryError, PublishErr
 from ..messages import CONTENT_TYPE, TaskMessage, encode
 from ..processing import Outcome, Processor
 from ..settings import Settings
-from .base import Backoff, BrokerUnavailable, sleep_unless_stopping
+from .base import Backoff, BrokerUnavailable, sleep_unless_stopping, text_headers
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,6 @@ CLIENT_LOGGERS = ("aio_pika", "aiormq")
 
 RETRIES_HEADER = "x-retries"
 REASON_HEADER = "x-dead-letter-reason"
-REQUEST_ID_HEADER = "x-request-id"
 PERSISTENT = aio_pika.DeliveryMode.PERSISTENT
 
 
@@ -206,11 +205,8 @@ class BrokerConsumer:
             self._in_hand.discard(task)
 
     async def _handle(self, message: AbstractIncomingMessage) -> None:
-        request_id = (message.headers or {}).get(REQUEST_ID_HEADER)
         retries = retries_of(message)
-        verdict = await self._processor.process(
-            message.body, retries, request_id if isinstance(request_id, str) else None
-        )
+        verdict = await self._processor.process(message.body, retries, text_headers((message.headers or {}).items()))
         try:
             if verdict.outcome is Outcome.RETRIED:
                 await self._republish(message, self._settings.queue_name, {RETRIES_HEADER: retries + 1})

@@ -23,7 +23,7 @@ from pika.spec import Basic, BasicProperties
 from ..messages import CONTENT_TYPE, TaskMessage, encode
 from ..processing import Outcome, Processor, Verdict
 from ..settings import Settings
-from .base import Backoff, BrokerUnavailable
+from .base import Backoff, BrokerUnavailable, text_headers
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +32,6 @@ CLIENT_LOGGERS = ("pika",)
 
 RETRIES_HEADER = "x-retries"
 REASON_HEADER = "x-dead-letter-reason"
-REQUEST_ID_HEADER = "x-request-id"
 PERSISTENT = pika.DeliveryMode.Persistent
 
 
@@ -262,8 +261,8 @@ class BrokerConsumer:
         body: bytes,
     ) -> None:
         tag = method.delivery_tag
-        request_id = (properties.headers or {}).get(REQUEST_ID_HEADER)
-        future = self._pool.submit(self._processor.process, body, retries_of(properties), request_id)
+        headers = text_headers((properties.headers or {}).items())
+        future = self._pool.submit(self._processor.process, body, retries_of(properties), headers)
         in_hand[tag] = future
         settle = functools.partial(self._settle, channel, in_hand, tag, properties, body)
 

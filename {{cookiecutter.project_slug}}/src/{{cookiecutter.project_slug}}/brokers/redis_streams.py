@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, cast
 
 from redis.backoff import ExponentialBackoff
 from redis.typing import EncodableT, FieldT
 
 from ..settings import Settings
+from .base import text_headers
 
 Fields = dict[FieldT, EncodableT]
 Entry = tuple[bytes, dict[bytes, bytes] | None]  # an entry's fields are None once it was deleted
 
 BODY_FIELD = b"body"
-REQUEST_ID_FIELD = b"request_id"
 BLOCK_MILLISECONDS = 1000  # XREADGROUP's wait; shorter than the socket timeout, so an idle stream never times out
 # The client logs every reconnect attempt at length; ours say it once.
 CLIENT_LOGGERS = ("redis",)
@@ -44,11 +45,15 @@ def entries_of(response: Any) -> list[Entry]:
     return [entry for _, entries in cast("list[tuple[bytes, list[Entry]]]", response or []) for entry in entries]
 
 
-def publish_fields(body: bytes, request_id: str | None) -> Fields:
-    fields: Fields = {BODY_FIELD: body}
-    if request_id:
-        fields[REQUEST_ID_FIELD] = request_id.encode()
+def publish_fields(body: bytes, headers: Mapping[str, str]) -> Fields:
+    """The JSON in `body`; each header in a field of its own."""
+    fields: Fields = {key.encode(): value.encode() for key, value in headers.items()}
+    fields[BODY_FIELD] = body
     return fields
+
+
+def headers_of(fields: dict[bytes, bytes]) -> dict[str, str]:
+    return text_headers((key, value) for key, value in fields.items() if key != BODY_FIELD)
 
 
 def dead_letter_fields(fields: dict[bytes, bytes], entry_id: bytes, reason: str, deliveries: int) -> Fields:

@@ -25,13 +25,13 @@ from .redis_streams import (
     BLOCK_MILLISECONDS,
     BODY_FIELD,
     CLIENT_LOGGERS,
-    REQUEST_ID_FIELD,
     Entry,
     claim_interval,
     client_options,
     dead_letter_fields,
     entries_of,
     group_exists_error,
+    headers_of,
     publish_fields,
     retry_backoff,
 )
@@ -63,7 +63,7 @@ class BrokerPublisher:
             raise BrokerUnavailable(f"Redis at {self._settings.broker_address} failed: {error!r}") from error
 
     async def publish(self, message: TaskMessage, headers: Mapping[str, str]) -> None:
-        fields = publish_fields(encode(message), headers.get("x-request-id"))
+        fields = publish_fields(encode(message), headers)
         await self._call(functools.partial(self._client.xadd, self._settings.queue_name, fields))
 
     async def ping(self) -> None:
@@ -207,8 +207,7 @@ class BrokerConsumer:
     def _handle(self, entry_id: bytes, fields: dict[bytes, bytes], deliveries: int) -> None:
         """Runs in a handler thread: process, then acknowledge or dead-letter. A retry is left
         pending; it is delivered again once it has been idle for CLAIM_IDLE_SECONDS."""
-        request_id = fields.get(REQUEST_ID_FIELD, b"").decode(errors="replace") or None
-        verdict = self._processor.process(fields.get(BODY_FIELD, b""), deliveries - 1, request_id)
+        verdict = self._processor.process(fields.get(BODY_FIELD, b""), deliveries - 1, headers_of(fields))
         try:
             if verdict.outcome is Outcome.SUCCEEDED:
                 self._client.xack(self._stream, self._group, entry_id)

@@ -1,0 +1,33 @@
+"""Log lines carry the task and request they belong to, as text or as JSON lines."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from {{ cookiecutter.project_slug }}.logs import TEXT_FORMAT, JsonFormatter, log_context
+
+
+def record(message: str) -> logging.LogRecord:
+    return logging.getLogger("test").makeRecord("test", logging.INFO, __file__, 1, message, (), None)
+
+
+def test_json_lines_carry_the_task_type_attempt_and_request() -> None:
+    with log_context(task_id="t-1", request_id="r-1", task_type="process_image", attempt=2):
+        line = json.loads(JsonFormatter().format(record("handled")))
+    assert line["message"] == "handled"
+    assert line["level"] == "INFO"
+    fields = (line["task_id"], line["task_type"], line["attempt"], line["request_id"])
+    assert fields == ("t-1", "process_image", 2, "r-1")
+
+
+def test_text_lines_carry_the_same_fields() -> None:
+    with log_context(task_id="t-2", request_id="r-2", task_type="resize", attempt=1):
+        line = logging.Formatter(TEXT_FORMAT).format(record("handled"))
+    assert "[task=t-2 type=resize attempt=1 request=r-2] handled" in line
+
+
+def test_outside_a_task_the_fields_are_left_out_of_json() -> None:
+    line = json.loads(JsonFormatter().format(record("idle")))
+    assert "task_id" not in line
+    assert "request_id" not in line

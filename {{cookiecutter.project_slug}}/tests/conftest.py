@@ -1,4 +1,5 @@
-"""Fixtures shared by unit and integration tests: a registry of test task types that record what ran."""
+"""Fixtures shared by unit and integration tests: a registry of test task types that record what ran,
+and tracing into memory."""
 
 from __future__ import annotations
 
@@ -9,10 +10,15 @@ import threading
 {%- if cookiecutter.consumer == "threaded" %}
 import time
 {%- endif %}
+from collections.abc import Iterator
 
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from pydantic import BaseModel, ConfigDict
 
+from {{ cookiecutter.project_slug }} import tracing
 from {{ cookiecutter.project_slug }}.handlers import ProcessImagePayload, process_image
 from {{ cookiecutter.project_slug }}.messages import TaskMessage
 from {{ cookiecutter.project_slug }}.tasks import TaskRegistry
@@ -74,3 +80,15 @@ def registry(recorder: Recorder) -> TaskRegistry:
         raise RuntimeError("this handler always fails")
 
     return registry
+
+
+@pytest.fixture
+def exporter() -> Iterator[InMemorySpanExporter]:
+    """Tracing on, into memory, for one test; off again after it."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.use_tracer_provider(provider)
+    yield exporter
+    tracing.disable_tracing()
+    provider.shutdown()

@@ -198,7 +198,9 @@ def test_the_image_install_and_start_commands_work_outside_docker(tmp_path: Path
         **BROKER_TEST_ENV.get(broker, {}),
         **STYLE_TEST_ENV.get((broker, consumer), {}),
     }
-    server = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    # As docker-compose.yml runs them: the api publishes only, the worker consumes.
+    api_env = {**env, "CONSUMER_ENABLED": "false"}
+    server = subprocess.Popen(command, cwd=tmp_path, env=api_env, stderr=subprocess.PIPE, text=True)
     try:
         assert wait_http(f"http://127.0.0.1:{port}/health/live") == 200
         run(healthcheck, tmp_path, env)

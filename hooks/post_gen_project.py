@@ -97,19 +97,20 @@ def remove_other_ci(root: Path, ci: str) -> None:
 
 def next_steps(context: dict[str, str]) -> str:
     slug = context["project_slug"]
-    lines = [
-        f"Created {slug}. Next:",
-        f"  cd {slug}",
-        '  python -m venv .venv && . .venv/bin/activate && pip install -e ".[dev]"',
+    steps = [
+        (f"cd {slug}", ""),
+        ('python -m venv .venv && . .venv/bin/activate && pip install -e ".[dev]"', ""),
     ]
     if context["use_docker"] == "yes":
-        lines.append(f"  docker compose up -d {context['broker']}    # the broker")
-    lines += [
-        "  pytest                                     # unit and integration tests",
-        f"  uvicorn {slug}.main:app                    # the API (it consumes too)",
-        f"  python -m {slug}.worker                    # a consumer alone, to scale out",
+        steps.append((f"docker compose up -d {context['broker']}", "the broker"))
+    steps += [
+        ("pytest", "unit and integration tests"),
+        (f"uvicorn {slug}.main:app", "the API (it consumes too)"),
+        (f"python -m {slug}.worker", "a consumer alone, to scale out"),
     ]
-    return "\n".join(lines)
+    width = max(len(command) for command, comment in steps if comment)
+    lines = [f"  {command.ljust(width)}  # {comment}" if comment else f"  {command}" for command, comment in steps]
+    return "\n".join([f"Created {slug}. Next:", *lines])
 
 
 def main(root: Path, context: dict[str, str]) -> None:

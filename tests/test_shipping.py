@@ -214,7 +214,12 @@ def test_the_image_install_and_start_commands_work_outside_docker(tmp_path: Path
     worker = subprocess.Popen(
         ["python", "-m", "task_service.worker"], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True
     )
-    started = read_until(worker, "consuming", timeout=60)
+    try:
+        started = read_until(worker, "consuming", timeout=60)
+    except BaseException:
+        worker.kill()  # never leave a worker behind a failed test
+        worker.wait()
+        raise
     worker.send_signal(signal.SIGTERM)
     _, log = worker.communicate(timeout=60)
     assert worker.returncode == 0, started + log

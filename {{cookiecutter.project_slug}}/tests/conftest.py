@@ -13,9 +13,10 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanContext
 from pydantic import BaseModel, ConfigDict
 
 from {{ cookiecutter.project_slug }} import tracing
@@ -80,6 +81,17 @@ def registry(recorder: Recorder) -> TaskRegistry:
         raise RuntimeError("this handler always fails")
 
     return registry
+
+
+def context(span: ReadableSpan) -> SpanContext:
+    span_context = span.get_span_context()
+    assert span_context is not None
+    return span_context
+
+
+def parent(span: ReadableSpan) -> SpanContext:
+    assert span.parent is not None, f"{span.name} has no parent"
+    return span.parent
 
 
 @pytest.fixture

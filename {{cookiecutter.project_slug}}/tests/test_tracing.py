@@ -12,25 +12,16 @@ import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanContext, SpanKind, StatusCode
+from opentelemetry.trace import SpanKind, StatusCode
 
 from {{ cookiecutter.project_slug }} import tracing
 from {{ cookiecutter.project_slug }}.settings import Settings
 
+from .conftest import context, parent
+
 
 def by_name(spans: tuple[ReadableSpan, ...]) -> dict[str, ReadableSpan]:
     return {span.name: span for span in spans}
-
-
-def context(span: ReadableSpan) -> SpanContext:
-    span_context = span.get_span_context()
-    assert span_context is not None
-    return span_context
-
-
-def parent(span: ReadableSpan) -> SpanContext:
-    assert span.parent is not None, f"{span.name} has no parent"
-    return span.parent
 
 
 def test_the_handle_span_continues_the_trace_the_publish_span_put_in_the_headers(

@@ -4,29 +4,18 @@ from __future__ import annotations
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanContext, SpanKind
+from opentelemetry.trace import SpanKind
 
 from {{ cookiecutter.project_slug }}.settings import Settings
 from {{ cookiecutter.project_slug }}.tasks import TaskRegistry
 
-from ..conftest import Recorder
+from ..conftest import Recorder, context, parent
 from .test_service import eventually, post, running, wait_ready
 
 
 def only(spans: tuple[ReadableSpan, ...], name: str) -> ReadableSpan:
     [span] = [span for span in spans if span.name == name]
     return span
-
-
-def context(span: ReadableSpan) -> SpanContext:
-    span_context = span.get_span_context()
-    assert span_context is not None
-    return span_context
-
-
-def parent(span: ReadableSpan) -> SpanContext:
-    assert span.parent is not None, f"{span.name} has no parent"
-    return span.parent
 
 
 def test_the_trace_runs_from_the_request_through_the_broker_to_the_handler(

@@ -8,17 +8,19 @@ import fcntl
 import hashlib
 import json
 import os
+import queue
 import re
-import selectors
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import IO
 
 import pika
 import pytest
@@ -246,19 +248,32 @@ def delete_queues(broker: str, *names: str) -> None:
 
 
 def read_until(process: subprocess.Popen[str], marker: str, timeout: float) -> str:
-    """Read the process's stderr until a line contains `marker`; fail after `timeout` seconds."""
+    """Read the process's stderr until a line contains `marker`; fail after `timeout` seconds.
+
+    A thread reads the lines: `select` on the pipe would miss a line already in the text wrapper's
+    buffer (two log lines written together arrive in one read), and wait out the deadline for it.
+    """
     assert process.stderr is not None
-    seen = []
-    deadline = time.monotonic() + timeout
-    with selectors.DefaultSelector() as selector:
-        selector.register(process.stderr, selectors.EVENT_READ)
-        while time.monotonic() < deadline:
-            if not selector.select(timeout=deadline - time.monotonic()):
-                break
-            line = process.stderr.readline()
-            if not line:
-                break
-            seen.append(line)
+    lines: queue.Queue[str] = queue.Queue()
+    seen: list[str] = []
+
+    def pump(stream: IO[str]) -> None:
+        for line in stream:
+            lines.put(line)
             if marker in line:
-                return "".join(seen)
-    pytest.fail(f"{marker!r} never appeared:\n{''.join(seen)}")
+                return  # the caller reads the rest, with communicate()
+        lines.put("")  # end of output
+
+    threading.Thread(target=pump, args=(process.stderr,), daemon=True).start()
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            line = lines.get(timeout=left)
+        except queue.Empty:
+            break
+        if not line:
+            break
+        seen.append(line)
+        if marker in line:
+            return "".join(seen)
+    pytest.fail(f"{marker!r} never appeared in {timeout} s:\n{''.join(seen)}")

@@ -1,0 +1,141 @@
+"""Measure 1, 2, 5 and 6 of the benchmark: a queue pre-filled with N messages, drained by the
+generated worker, the bare client loop, Celery and FastStream; messages per second between the
+first and the last message handled; and the worker's peak RSS."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import queues
+import redis
+from bake import Combo, service_env
+from procs import BenchError, log_time, running, wait_until
+
+BENCH = Path(__file__).resolve().parent
+HANDLED = b"processing image"  # the example handler's own log line: the handler has started
+CELERY_URLS = {"rabbitmq": "amqp://guest:guest@127.0.0.1:5672//", "redis": "redis://127.0.0.1:6379/0"}
+
+
+@dataclass
+class Drain:
+    """Where a drain runs: the broker, the message count, tansu's address, a folder for logs."""
+
+    broker: str
+    count: int
+    kafka: str | None
+    logs: Path
+
+    def timeout(self) -> float:
+        return 60 + self.count / 200
+
+    def queue(self, who: str) -> str:
+        return f"bench-{who}-{uuid.uuid4().hex[:8]}"
+
+
+def rate(first: float, last: float, count: int) -> float:
+    """Messages per second from the first handled to the last (count - 1 intervals)."""
+    if count < 2 or last <= first:
+        raise BenchError(f"cannot take a rate from {count} message(s) between {first} and {last}")
+    return (count - 1) / (last - first)
+
+
+def ready_line(broker: str) -> bytes:
+    """What a generated worker logs once messages can flow (for Kafka, once it owns partitions)."""
+    return b"assigned partitions" if broker == "kafka" else b"consuming"
+
+
+def worker(drain: Drain, combo: Combo) -> tuple[float, float]:
+    """The generated worker, `python -m <slug>.worker`, at the default LOG_LEVEL (INFO)."""
+    queue = drain.queue(combo.name)
+    try:
+        queues.fill(drain.broker, queue, drain.count, drain.kafka)
+        env = service_env(combo, queue, drain.kafka)
+        log = drain.logs / f"worker-{combo.name}.log"
+        with running([sys.executable, "-m", f"{combo.slug}.worker"], env, log) as child:
+            wait_until(lambda: child.output().count(HANDLED) >= drain.count, drain.timeout(), "the drain", child)
+            rss = child.peak_rss_mb()
+        times = [log_time(line) for line in child.output().splitlines() if HANDLED in line]
+        stamps = [stamp for stamp in times if stamp is not None]
+        # The log's times are whole milliseconds; over a drain of seconds that is well under 1 %.
+        return rate(min(stamps), max(stamps), len(stamps)), rss
+    finally:
+        queues.delete(drain.broker, queue, drain.kafka)
+
+
+def bare(drain: Drain, combo: Combo) -> float:
+    queue = drain.queue(f"bare-{combo.name}")
+    try:
+        queues.fill(drain.broker, queue, drain.count, drain.kafka)
+        argv = [sys.executable, str(BENCH / "bare.py"), combo.broker, combo.consumer, queue, str(drain.count)]
+        log = drain.logs / f"bare-{combo.name}.log"
+        with running([*argv, drain.kafka or ""], {}, log) as child:
+            wait_until(lambda: child.process.poll() is not None, drain.timeout(), "the bare loop", child)
+        if child.process.returncode != 0:
+            raise BenchError(f"the bare loop failed:\n{child.output()[-3000:].decode(errors='replace')}")
+        result = json.loads(child.output().splitlines()[-1])
+        return rate(result["first"], result["last"], result["count"])
+    finally:
+        queues.delete(drain.broker, queue, drain.kafka)
+
+
+def celery(drain: Drain) -> float | None:
+    """Celery has no Kafka transport: None (n/a)."""
+    if drain.broker not in CELERY_URLS:
+        return None
+    queue = drain.queue("celery")
+    result = drain.logs / f"celery-{drain.broker}.json"
+    result.unlink(missing_ok=True)
+    env = {"BENCH_BROKER": CELERY_URLS[drain.broker], "BENCH_COUNT": str(drain.count), "PYTHONPATH": str(BENCH)}
+    try:
+        fill_celery(drain.broker, queue, drain.count)
+        argv = [sys.executable, "-m", "celery", "-A", "peer_celery", "worker", "-P", "solo", "-Q", queue]
+        argv += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
+        with running(argv, {**env, "BENCH_RESULT": str(result)}, drain.logs / f"celery-{drain.broker}.log") as child:
+            wait_until(result.exists, drain.timeout(), "the Celery drain", child)
+        return rate_from(result)
+    finally:
+        delete_celery(drain.broker, queue)
+
+
+def fill_celery(broker: str, queue: str, count: int) -> None:
+    """In a child process: Celery's app reads its broker from the environment at import."""
+    code = f"import peer_celery; peer_celery.fill({queue!r}, {count})"
+    env = {"BENCH_BROKER": CELERY_URLS[broker], "PYTHONPATH": str(BENCH)}
+    subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, check=True, cwd=BENCH)
+
+
+def delete_celery(broker: str, queue: str) -> None:
+    queues.delete(broker, queue)
+    if broker == "redis":  # kombu's bookkeeping of unacked messages, shared by every Celery on this db
+        client = redis.Redis.from_url(queues.REDIS_URL)
+        client.delete("unacked", "unacked_index", "unacked_mutex")
+        client.close()
+
+
+def faststream(drain: Drain) -> float:
+    queue = drain.queue("faststream")
+    result = drain.logs / f"faststream-{drain.broker}.json"
+    result.unlink(missing_ok=True)
+    url = {"rabbitmq": queues.RABBIT_URL, "redis": queues.REDIS_URL}.get(drain.broker, drain.kafka or "")
+    env = {"BENCH_KIND": drain.broker, "BENCH_URL": url, "BENCH_QUEUE": queue}
+    env |= {"BENCH_COUNT": str(drain.count), "BENCH_RESULT": str(result), "PYTHONPATH": str(BENCH)}
+    try:
+        # FastStream declares a plain durable queue: pre-declare it the same way, not with the service's arguments.
+        queues.fill(drain.broker, queue, drain.count, drain.kafka, service=False)
+        log = drain.logs / f"faststream-{drain.broker}.log"
+        with running([sys.executable, str(BENCH / "peer_faststream.py")], env, log) as child:
+            wait_until(result.exists, drain.timeout(), "the FastStream drain", child)
+        return rate_from(result)
+    finally:
+        queues.delete(drain.broker, queue, drain.kafka)
+
+
+def rate_from(path: Path) -> float:
+    result = json.loads(path.read_text())
+    return rate(result["first"], result["last"], result["count"])

@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 import os
+{%- if cookiecutter.broker == "kafka" %}
+import socket
+{%- endif %}
 import uuid
 from collections.abc import Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
+{%- if cookiecutter.broker == "kafka" %}
+from {{ cookiecutter.project_slug }}.settings import DEFAULT_BROKER_URL, Settings
+{%- else %}
 from {{ cookiecutter.project_slug }}.settings import BROKER_SCHEMES, DEFAULT_BROKER_URL, Settings
+{%- endif %}
 
 {% if cookiecutter.broker == "redis" -%}
 from .probe_redis import SERVICE_HINT, Probe
 {%- else -%}
 from .probe_{{ cookiecutter.broker }}_{{ cookiecutter.consumer }} import SERVICE_HINT, Probe
 {%- endif %}
+from .tally import RESULTS, table
 from .tcp_proxy import TcpProxy
 
 __all__ = ["Probe", "via"]
@@ -25,6 +33,20 @@ START_HINT = "run `docker compose up -d {{ cookiecutter.broker }}`, or " + SERVI
 {%- else -%}
 START_HINT = SERVICE_HINT
 {%- endif %}
+{%- if cookiecutter.broker == "kafka" %}
+# Kafka clients bootstrap from BROKER_URL, then talk to the addresses the broker advertises, so a
+# proxy must own an advertised address: docker-compose.yml's FAULTS listener (port 9094) advertises
+# 127.0.0.1:19094, where the fault tests' proxy listens and forwards to 9094.
+PROXY_PORT = int(os.environ.get("KAFKA_PROXY_PORT", "19094"))
+PROXY_UPSTREAM = os.environ.get("KAFKA_PROXY_UPSTREAM", "127.0.0.1:9094")
+{%- endif %}
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if RESULTS:
+        terminalreporter.section("faults: messages sent, processed, duplicated and lost")
+        for line in table(RESULTS):
+            terminalreporter.write_line(line)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -72,8 +94,23 @@ def settings(broker_url: str, probe: Probe) -> Iterator[Settings]:
 
 @pytest.fixture
 def proxy(broker_url: str) -> Iterator[TcpProxy]:
+    """A proxy to the broker, down until the test brings it up."""
+{%- if cookiecutter.broker == "kafka" %}
+    host, _, port = PROXY_UPSTREAM.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=2).close()
+    except OSError as error:
+        pytest.fail(
+            f"no Kafka listener advertised at the proxy: {PROXY_UPSTREAM} is unreachable ({error!r}); "
+            "run docker-compose.yml's kafka, or set KAFKA_PROXY_UPSTREAM to a listener that advertises "
+            "127.0.0.1:$KAFKA_PROXY_PORT",
+            pytrace=False,
+        )
+    proxy = TcpProxy(host, int(port), port=PROXY_PORT)
+{%- else %}
     parts = urlsplit(broker_url)
     proxy = TcpProxy(parts.hostname or "localhost", parts.port or BROKER_SCHEMES[parts.scheme])
+{%- endif %}
     yield proxy
     proxy.down()
 

@@ -187,12 +187,6 @@ def test_broker_unreachable_gives_503_quickly_and_the_api_recovers_by_itself(
         task_id = post(client, "record")
         assert recorder.wait_finished(1)
         assert recorder.finished == [task_id]
-{%- if cookiecutter.broker == "kafka" %}
-
-
-# No test here of the broker going away while the service runs: after bootstrapping, Kafka
-# clients connect to the addresses the broker advertises, not through this proxy.
-{%- else %}
 
 
 def test_the_broker_going_away_gives_503_and_the_service_recovers_by_itself(
@@ -217,4 +211,3 @@ def test_the_broker_going_away_gives_503_and_the_service_recovers_by_itself(
         again = post(client, "record")
         assert recorder.wait_finished(2)
         assert again in recorder.finished
-{%- endif %}

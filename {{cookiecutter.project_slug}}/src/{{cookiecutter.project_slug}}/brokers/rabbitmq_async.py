@@ -21,7 +21,7 @@ from aio_pika.exceptions import CONNECTION_EXCEPTIONS, DeliveryError, PublishErr
 from ..messages import CONTENT_TYPE, TaskMessage, encode
 from ..processing import Outcome, Processor
 from ..settings import Settings
-from .base import Backoff, BrokerUnavailable, sleep_unless_stopping, text_headers
+from .base import Backoff, BrokerUnavailable, current_task_cancelled, sleep_unless_stopping, text_headers
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +134,11 @@ class BrokerPublisher:
             raise BrokerUnavailable(f"RabbitMQ refused the message: {error!r}") from error
         except (TimeoutError, *CONNECTION_EXCEPTIONS) as error:
             raise BrokerUnavailable(f"RabbitMQ did not confirm the message: {error!r}") from error
+        except asyncio.CancelledError as error:
+            if current_task_cancelled():
+                raise  # our caller gave up: a timeout, or shutdown
+            # aiormq cancels the confirms it still awaits when it closes a connection (e.g. a stuck one).
+            raise BrokerUnavailable("the connection closed before RabbitMQ confirmed the message") from error
 
     async def ping(self) -> None:
         channel = self._ready_channel()

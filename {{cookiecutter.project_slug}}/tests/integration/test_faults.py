@@ -1,0 +1,238 @@
+"""Faults that production brings, against the real broker: connections cut, connections gone silent,
+slow handlers, a storm of publishers, two workers on one queue. Each scenario counts its messages by
+id (tally.py); nothing the broker acknowledged may be lost. The other scenarios live beside what
+they break: test_service.py (broker unreachable, failing and malformed messages, stopping) and
+test_worker.py (SIGKILL, SIGTERM)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+{%- if cookiecutter.broker == "redis" %}
+from {{ cookiecutter.project_slug }}.brokers.redis_streams import client_options
+{%- endif %}
+from {{ cookiecutter.project_slug }}.settings import Settings
+from {{ cookiecutter.project_slug }}.tasks import TaskRegistry
+
+from ..conftest import Recorder
+from .conftest import Probe, via
+from .tally import tally
+from .tcp_proxy import TcpProxy
+from .test_service import eventually, running, wait_ready
+from .test_worker import SUCCEEDED, image_task, start_worker
+
+CUTS = 2
+# How long the storm of publishers lasts; a minute or more makes a good soak test.
+STORM_SECONDS = float(os.environ.get("FAULT_STORM_SECONDS", "5"))
+STORM_THREADS = 16
+RECONNECT_SECONDS = 10  # after noticing: close, back off, connect, declare
+{%- if cookiecutter.broker == "rabbitmq" %}
+# Heartbeats every 2 s, so that silence is noticed soon.
+SILENCE_SETTINGS: dict[str, object] = {"heartbeat_seconds": 2}
+
+
+def notice_within(settings: Settings) -> float:
+{%- if cookiecutter.consumer == "async" %}
+    """aiormq drops a connection that received nothing for 3 x (heartbeat + 1) seconds."""
+    return 3 * (settings.heartbeat_seconds + 1) + RECONNECT_SECONDS
+{%- else %}
+    """pika checks every heartbeat + 5 seconds that something arrived since its last check."""
+    return 2 * (settings.heartbeat_seconds + 5) + RECONNECT_SECONDS
+{%- endif %}
+{%- elif cookiecutter.broker == "redis" %}
+SILENCE_SETTINGS: dict[str, object] = {}
+
+
+def notice_within(settings: Settings) -> float:
+    """Redis has no heartbeat: every command, XREADGROUP's block included, is bounded by the socket timeout."""
+    return 2 * float(client_options("test")["socket_timeout"]) + RECONNECT_SECONDS
+{%- elif cookiecutter.broker == "kafka" %}
+SILENCE_SETTINGS: dict[str, object] = {}
+
+
+def notice_within(settings: Settings) -> float:
+    """The group's session timeout: how long a consumer may be silent; its requests time out alike."""
+    return 2 * settings.session_timeout_seconds + RECONNECT_SECONDS
+{%- endif %}
+
+
+def publish_until(client: TestClient, accepted: list[str], count: int, timeout: float = 60.0) -> None:
+    """POST `record` tasks until `count` were accepted. While the broker is away each answer is a
+    503, and every answer, 202 or 503, comes within 5 s: never a hang."""
+    deadline = time.monotonic() + timeout
+    while len(accepted) < count:
+        assert time.monotonic() < deadline, f"only {len(accepted)} of {count} tasks accepted in {timeout} s"
+        started = time.monotonic()
+        response = client.post("/tasks", json={"type": "record", "payload": {"seconds": 0.01}})
+        assert time.monotonic() - started < 5, f"POST /tasks took {time.monotonic() - started:.1f} s"
+        assert response.status_code in (202, 503), response.text
+        if response.status_code == 202:
+            accepted.append(response.json()["id"])
+        else:
+            time.sleep(0.05)  # the publisher is reconnecting, with backoff
+
+
+def test_cutting_every_connection_mid_stream_loses_nothing(
+    settings: Settings, registry: TaskRegistry, recorder: Recorder, proxy: TcpProxy
+) -> None:
+    settings = settings.model_copy(update={"broker_url": via(proxy, settings.broker_url)})
+    proxy.up()
+    accepted: list[str] = []
+    with running(settings, registry) as client:
+        wait_ready(client, timeout=30)
+        for cut in range(CUTS):
+            publish_until(client, accepted, 40 * (cut + 1))
+            assert recorder.wait_started(1)
+            proxy.cut()  # publisher and consumer both lose their connections, messages in hand
+        publish_until(client, accepted, 40 * (CUTS + 1))
+        assert eventually(lambda: set(recorder.finished) >= set(accepted), timeout=60), set(accepted) - set(
+            recorder.finished
+        )
+    result = tally("1 every connection cut mid-stream", accepted, recorder.finished)
+    assert result.lost == 0
+    assert result.duplicates <= settings.prefetch_count * CUTS
+
+
+def test_a_silent_connection_is_noticed_and_nothing_waits_forever(
+    settings: Settings, registry: TaskRegistry, recorder: Recorder, proxy: TcpProxy
+) -> None:
+    settings = settings.model_copy(update={"broker_url": via(proxy, settings.broker_url), **SILENCE_SETTINGS})
+    proxy.up()
+    with running(settings, registry) as client:
+        wait_ready(client, timeout=30)
+        accepted: list[str] = []
+        publish_until(client, accepted, 1)
+        assert recorder.wait_finished(1)
+
+        proxy.freeze()  # every connection the service holds goes silent; new connections pass
+        frozen = time.monotonic()
+        publish_until(client, accepted, 2, timeout=notice_within(settings))  # once the publisher noticed
+        # The consumer noticed too, and reconnected: the new task is processed.
+        assert recorder.wait_finished(2, timeout=notice_within(settings) - (time.monotonic() - frozen))
+        noticed = time.monotonic() - frozen
+        stopping = time.monotonic()
+    # Shutting down with silent connections still open: no thread or task waits on them forever.
+    assert time.monotonic() - stopping < settings.shutdown_timeout_seconds + 5
+    result = tally("3 connections gone silent", accepted, recorder.finished)
+    assert result.lost == 0
+    assert noticed < notice_within(settings)
+
+
+def test_a_handler_slower_than_the_heartbeat_keeps_its_connection(
+    settings: Settings, registry: TaskRegistry, recorder: Recorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    settings = settings.model_copy(update=SILENCE_SETTINGS)
+{%- if cookiecutter.broker == "rabbitmq" %}
+    slow = 2.5 * settings.heartbeat_seconds
+{%- elif cookiecutter.broker == "redis" %}
+    slow = 2.5 * settings.claim_idle_seconds  # a message idle this long is another consumer's to claim
+{%- elif cookiecutter.broker == "kafka" %}
+    slow = 2.5 * settings.session_timeout_seconds
+{%- endif %}
+    with running(settings, registry) as client:
+        wait_ready(client)
+        response = client.post("/tasks", json={"type": "record", "payload": {"seconds": slow}})
+        assert response.status_code == 202
+        task_id = response.json()["id"]
+        assert recorder.wait_finished(1, timeout=slow + 15)
+        assert client.get("/health/ready").status_code == 200
+    result = tally("8 handler slower than the heartbeat", [task_id], recorder.finished)
+    assert result.lost == 0
+    assert result.duplicates == 0
+    assert recorder.started == [task_id], "the message was delivered again"
+    warnings = [r for r in caplog.records if r.name.startswith("{{ cookiecutter.project_slug }}.")]
+    assert warnings == [], caplog.text
+
+
+def test_many_threads_publishing_at_once_raise_no_error(
+    settings: Settings, registry: TaskRegistry, recorder: Recorder
+) -> None:
+    accepted: list[str] = []
+    failures: list[str] = []
+    lock = threading.Lock()
+    with running(settings, registry) as client:
+        wait_ready(client)
+        deadline = time.monotonic() + STORM_SECONDS
+
+        def publish() -> None:
+            while time.monotonic() < deadline:
+                response = client.post("/tasks", json={"type": "record", "payload": {}})
+                with lock:
+                    if response.status_code == 202:
+                        accepted.append(response.json()["id"])
+                    else:
+                        failures.append(f"{response.status_code} {response.text}")
+
+        threads = [threading.Thread(target=publish) for _ in range(STORM_THREADS)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert eventually(lambda: set(recorder.finished) >= set(accepted), timeout=60)
+    result = tally("8 many threads publishing at once", accepted, recorder.finished)
+    assert failures == []
+    assert result.lost == 0
+    assert result.duplicates == 0
+
+
+def test_two_workers_share_a_queue_and_process_each_message_once(
+    settings: Settings, probe: Probe, tmp_path: Path
+) -> None:
+    logs = [tmp_path / "first.log", tmp_path / "second.log"]
+    workers = [start_worker(settings, log) for log in logs]
+    try:
+        for log in logs:
+            assert eventually(lambda: ready_to_share(log.read_text()), timeout=60), log.read_text()
+{%- if cookiecutter.broker == "kafka" %}
+        # The first worker gave up partitions to the second; wait until it was given its share back.
+        assert eventually(lambda: shares_settled(logs), timeout=60), [log.read_text() for log in logs]
+{%- endif %}
+        sent = [f"share-{n}" for n in range(300)]
+        probe.publish(settings.queue_name, *(image_task(task_id) for task_id in sent))
+
+        def processed() -> list[list[str]]:
+            return [SUCCEEDED.findall(log.read_text()) for log in logs]
+
+        assert eventually(lambda: set(sum(processed(), [])) >= set(sent), timeout=60)
+    finally:
+        for worker in workers:
+            worker.send_signal(signal.SIGTERM)
+        for worker in workers:
+            worker.wait(timeout=60)
+    first, second = processed()
+    result = tally("9 two workers share a queue", sent, first + second)
+    assert result.lost == 0
+    assert result.duplicates == 0
+    assert first and second, f"one worker took everything: {len(first)} and {len(second)}"
+    assert all(worker.returncode == 0 for worker in workers), [log.read_text() for log in logs]
+
+
+def ready_to_share(log: str) -> bool:
+{%- if cookiecutter.broker == "kafka" %}
+    return bool(re.search(r"assigned partitions \[\d", log))
+{%- else %}
+    return bool(re.search(r"consuming '", log))
+{%- endif %}
+{%- if cookiecutter.broker == "kafka" %}
+
+
+def shares_settled(logs: list[Path]) -> bool:
+    """Each worker's latest assignment is non-empty, and together they hold every partition once."""
+    latest = []
+    for log in logs:
+        assignments = re.findall(r"assigned partitions \[([\d, ]*)\]", log.read_text())
+        if not assignments or not assignments[-1]:
+            return False
+        latest += [int(partition) for partition in assignments[-1].split(",")]
+    return sorted(latest) == list(range(len(latest))) and len(set(latest)) == len(latest)
+{%- endif %}

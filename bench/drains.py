@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+import time
+import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +18,7 @@ from pathlib import Path
 import queues
 import redis
 from bake import Combo, service_env
-from procs import BenchError, log_time, running, wait_until
+from procs import BenchError, free_port, log_time, running, wait_until
 
 BENCH = Path(__file__).resolve().parent
 HANDLED = b"processing image"  # the example handler's own log line: the handler has started
@@ -66,6 +69,43 @@ def worker(drain: Drain, combo: Combo) -> tuple[float, float]:
         return rate(min(stamps), max(stamps), len(stamps)), rss
     finally:
         queues.delete(drain.broker, queue, drain.kafka)
+
+
+def quiet_worker(drain: Drain, combo: Combo) -> float:
+    """The generated worker at LOG_LEVEL=WARNING: no line per message, so what logging costs shows.
+    Without log lines to time, its /metrics counter is polled (every 50 ms: a few % of error)."""
+    queue = drain.queue(f"quiet-{combo.name}")
+    port = free_port()
+    try:
+        queues.fill(drain.broker, queue, drain.count, drain.kafka)
+        env = service_env(combo, queue, drain.kafka, LOG_LEVEL="WARNING", METRICS_PORT=str(port))
+        with running(
+            [sys.executable, "-m", f"{combo.slug}.worker"], env, drain.logs / f"quiet-{combo.name}.log"
+        ) as child:
+            samples: list[tuple[float, int]] = []
+            deadline = time.monotonic() + drain.timeout()
+            while not samples or samples[-1][1] < drain.count:
+                child.check_alive()
+                if time.monotonic() > deadline:
+                    raise BenchError(f"the quiet worker handled {samples[-1:]} of {drain.count} in time")
+                samples.append((time.monotonic(), succeeded(port)))
+                time.sleep(0.05)
+        first = next((moment, count) for moment, count in samples if count > 0)
+        last = samples[-1]
+        return (last[1] - first[1]) / (last[0] - first[0])
+    finally:
+        queues.delete(drain.broker, queue, drain.kafka)
+
+
+def succeeded(port: int) -> int:
+    """tasks_processed_total{outcome="succeeded"} from the worker's /metrics; 0 until it answers."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as answer:
+            text = answer.read().decode()
+    except OSError:
+        return 0
+    match = re.search(r'^tasks_processed_total\{outcome="succeeded"\} ([\d.e+]+)$', text, re.MULTILINE)
+    return int(float(match.group(1))) if match else 0
 
 
 def bare(drain: Drain, combo: Combo) -> float:

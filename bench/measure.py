@@ -80,6 +80,8 @@ def measure_combo(combo: Combo, drain: drains.Drain, settings: Settings, samples
     rate, rss = drains.worker(drain, combo)
     samples["worker_msgs_per_s"].append(rate)
     samples["worker_rss_mb"].append(rss)
+    log(f"{combo.name}: generated worker at LOG_LEVEL=WARNING")
+    samples["worker_quiet_msgs_per_s"].append(drains.quiet_worker(drain, combo))
     log(f"{combo.name}: bare client loop")
     samples["bare_msgs_per_s"].append(drains.bare(drain, combo))
     log(f"{combo.name}: POST /tasks, with and without the publish ({http_load.client_name()})")

@@ -11,6 +11,7 @@ from typing import Any
 FIELDS = [
     "worker_msgs_per_s",
     "bare_msgs_per_s",
+    "worker_quiet_msgs_per_s",
     "celery_msgs_per_s",
     "faststream_msgs_per_s",
     "http_rps",
@@ -72,8 +73,8 @@ def table(runs: list[dict[str, Any]]) -> str:
     """Two markdown tables: consuming, then HTTP and latency. Ratios marked against their targets."""
     lines = [
         "| broker | consumer | worker msg/s | bare loop msg/s | worker / bare (≥ 0.8) | Celery msg/s "
-        "| worker / Celery (≥ 2) | FastStream msg/s | worker RSS MB (< 80) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| worker / Celery (≥ 2) | FastStream msg/s | worker RSS MB (< 80) | worker at WARNING msg/s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for run in runs:
         ratios = run["ratios"]
@@ -83,7 +84,8 @@ def table(runs: list[dict[str, Any]]) -> str:
             f"| {cell(run, 'bare_msgs_per_s')} "
             f"| {verdict(ratios['worker / bare loop'], 0.8)} | {cell(run, 'celery_msgs_per_s')} "
             f"| {verdict(ratios['worker / Celery'], 2.0)} | {cell(run, 'faststream_msgs_per_s')} "
-            f"| {cell(run, 'worker_rss_mb', 1)} {'✓' if rss is not None and rss < RSS_LIMIT_MB else '✗'} |"
+            f"| {cell(run, 'worker_rss_mb', 1)} {'✓' if rss is not None and rss < RSS_LIMIT_MB else '✗'} "
+            f"| {cell(run, 'worker_quiet_msgs_per_s')} |"
         )
     lines += [
         "",

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import pytest
 from cookiecutter.main import cookiecutter
 
+from . import fault_report
 from .kafka_broker import TansuError, running_tansu
 
 TEMPLATE = Path(__file__).resolve().parents[1]
@@ -90,6 +91,12 @@ def python_tool(name: str) -> list[str]:
     return [sys.executable, "-m", name]
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def require_broker(broker: str) -> str:
     """The broker's URL; fails loudly, with how to start it, when nothing listens there."""
     if not BROKER_URLS[broker] and broker == "kafka":
@@ -128,3 +135,14 @@ def start_test_kafka() -> str:
 
 
 _KAFKA = contextlib.ExitStack()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    """The fault scenarios' tallies from every generated suite that ran (tests/test_generated_suites.py)."""
+    if hasattr(config, "workerinput"):
+        return
+    lines = fault_report.table()
+    if lines:
+        terminalreporter.section("faults: messages sent, processed, duplicated and lost, per broker and style")
+        for line in lines:
+            terminalreporter.write_line(line)

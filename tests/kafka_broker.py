@@ -79,8 +79,9 @@ def _listening(port: int) -> bool:
         return False
 
 
-def _metadata_ok(port: int) -> bool:
-    """Send a Kafka Metadata v0 request (all topics); True when the reply lists a broker on `port`."""
+def _metadata_ok(port: int, advertised_port: int) -> bool:
+    """Send a Kafka Metadata v0 request (all topics) to `port`; True when the reply lists a broker on
+    `advertised_port`."""
     client_id = b"kafka_broker.py"
     correlation_id = 0x5EED
     request = struct.pack(">hhih", 3, 0, correlation_id, len(client_id)) + client_id + struct.pack(">i", 0)
@@ -99,7 +100,7 @@ def _metadata_ok(port: int) -> bool:
             offset += 6 + host_length
             (broker_port,) = struct.unpack_from(">i", reply, offset)
             offset += 4
-            if broker_port == port:
+            if broker_port == advertised_port:
                 return True
     except (OSError, struct.error):  # not listening yet, or a short / garbled reply
         return False
@@ -128,9 +129,13 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def running_tansu(port: int | None = None, start_timeout: float = START_TIMEOUT) -> Iterator[str]:
+def running_tansu(
+    port: int | None = None, start_timeout: float = START_TIMEOUT, advertised_port: int | None = None
+) -> Iterator[str]:
     """Start a fresh, empty tansu broker on 127.0.0.1 (`port`, or a free one); yield its bootstrap address.
 
+    With `advertised_port`, the broker tells clients to connect there instead: where a test's proxy
+    listens and forwards to `port`, so that every connection, not only the first, passes the proxy.
     The broker's output goes to `tansu.log` in a temporary directory (quoted in the error when it
     fails to start). The broker is stopped on exit: SIGTERM, then SIGKILL after `STOP_TIMEOUT`.
     """
@@ -141,14 +146,15 @@ def running_tansu(port: int | None = None, start_timeout: float = START_TIMEOUT)
             raise TansuError(f"127.0.0.1:{port} is already in use")
         port = port or _free_port()
         url = f"tcp://127.0.0.1:{port}"
+        advertised = f"tcp://127.0.0.1:{advertised_port or port}"
         # Every setting is passed explicitly, so CLUSTER_ID / LISTENER_URL / ... in the environment can't leak in.
-        command = [binary, "broker", "--listener-url", url, "--advertised-listener-url", url]
+        command = [binary, "broker", "--listener-url", url, "--advertised-listener-url", advertised]
         command += ["--storage-engine", "memory://tansu/", "--cluster-id", "tansu_test"]
         with open(log_path, "wb") as log:
             process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         try:
             started = time.monotonic()
-            while not _metadata_ok(port):
+            while not _metadata_ok(port, advertised_port or port):
                 waited = time.monotonic() - started
                 if process.poll() is not None or waited > start_timeout:
                     state = "exited" if process.poll() is not None else "still not answering"

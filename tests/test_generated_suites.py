@@ -3,16 +3,34 @@ into a fresh virtual environment, and run the project's whole `pytest` against t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from .conftest import BROKER_TEST_ENV, BROKERS, CONSUMERS, STYLE_TEST_ENV, bake, require_broker, run
+from . import fault_report
+from .conftest import BROKER_TEST_ENV, BROKERS, CONSUMERS, STYLE_TEST_ENV, bake, free_port, require_broker, run
+from .kafka_broker import TansuError, running_tansu
 
 STYLES = [pytest.param(broker, consumer, id=f"{broker}-{consumer}") for broker in BROKERS for consumer in CONSUMERS]
+
+
+@contextlib.contextmanager
+def proxied_kafka(env: dict[str, str]) -> Iterator[None]:
+    """A second tansu for the fault tests, advertising the port where their proxy will listen (the
+    generated docker-compose.yml's FAULTS listener does the same with Apache Kafka)."""
+    proxy_port = free_port()
+    try:
+        with running_tansu(advertised_port=proxy_port) as upstream:
+            env["KAFKA_PROXY_PORT"] = str(proxy_port)
+            env["KAFKA_PROXY_UPSTREAM"] = upstream
+            yield
+    except TansuError as error:
+        pytest.fail(f"no Kafka-compatible broker for the fault tests: {error}")
 
 
 def fresh_venv(project: Path) -> Path:
@@ -34,11 +52,17 @@ def test_the_generated_suite_passes_against_the_real_broker(tmp_path: Path, brok
     env["BROKER_URL"] = url
     env.update(BROKER_TEST_ENV.get(broker, {}))
     env.update(STYLE_TEST_ENV.get((broker, consumer), {}))
-    output = run([str(python), "-m", "pytest", "-p", "no:cacheprovider", "-q"], project, env, timeout=900)
+    env["FAULT_REPORT"] = str(report := fault_report.report_path(broker, consumer))
+    with proxied_kafka(env) if broker == "kafka" else contextlib.nullcontext():
+        output = run([str(python), "-m", "pytest", "-p", "no:cacheprovider", "-q"], project, env, timeout=900)
     summary = output.strip().splitlines()[-1]
     assert re.search(r"\b\d+ passed\b", summary), output
     for bad in ("failed", "skipped", "error"):
         assert bad not in summary, output
+    # Every fault scenario ran and lost nothing.
+    tallies = fault_report.read(report)
+    assert {str(t["scenario"]).split()[0] for t in tallies} == {str(n) for n in range(1, 10)}, tallies
+    assert [t for t in tallies if t["lost"]] == []
     # The integration tests ran (were collected and passed), not just the unit tests.
     integration = run(
         [str(python), "-m", "pytest", "-p", "no:cacheprovider", "-q", "--collect-only", "-m", "integration"],

@@ -12,7 +12,6 @@ import queue
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,7 @@ from .conftest import (
     bake,
     bake_cached,
     combination_id,
+    free_port,
     require_broker,
     run,
 )
@@ -146,12 +146,6 @@ def test_github_workflow_passes_actionlint(
     project = bake_cached(baked, tmp_path_factory, answers)
     findings = run([*actionlint, ".github/workflows/ci.yml"], project)
     assert findings.strip() == "", findings
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def dockerfile_json_instruction(dockerfile: str, instruction: str) -> list[str]:

@@ -12,9 +12,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-{%- if cookiecutter.broker == "kafka" %}
+{% if cookiecutter.broker == "kafka" -%}
 from {{ cookiecutter.project_slug }}.settings import DEFAULT_BROKER_URL, Settings
-{%- else %}
+{%- else -%}
 from {{ cookiecutter.project_slug }}.settings import BROKER_SCHEMES, DEFAULT_BROKER_URL, Settings
 {%- endif %}
 
@@ -35,7 +35,7 @@ START_HINT = SERVICE_HINT
 {%- endif %}
 {%- if cookiecutter.broker == "kafka" %}
 # Kafka clients bootstrap from BROKER_URL, then talk to the addresses the broker advertises, so a
-# proxy must own an advertised address: docker-compose.yml's FAULTS listener (port 9094) advertises
+# proxy must own an advertised address: the broker's FAULTS listener (port 9094) advertises
 # 127.0.0.1:19094, where the fault tests' proxy listens and forwards to 9094.
 PROXY_PORT = int(os.environ.get("KAFKA_PROXY_PORT", "19094"))
 PROXY_UPSTREAM = os.environ.get("KAFKA_PROXY_UPSTREAM", "127.0.0.1:9094")
@@ -101,9 +101,11 @@ def proxy(broker_url: str) -> Iterator[TcpProxy]:
         socket.create_connection((host, int(port)), timeout=2).close()
     except OSError as error:
         pytest.fail(
-            f"no Kafka listener advertised at the proxy: {PROXY_UPSTREAM} is unreachable ({error!r}); "
-            "run docker-compose.yml's kafka, or set KAFKA_PROXY_UPSTREAM to a listener that advertises "
-            "127.0.0.1:$KAFKA_PROXY_PORT",
+            f"no Kafka listener for the fault tests' proxy: {PROXY_UPSTREAM} is unreachable ({error!r}); "
+{%- if cookiecutter.use_docker == "yes" %}
+            "run `docker compose up -d kafka` (its FAULTS listener), or "
+{%- endif %}
+            "set KAFKA_PROXY_UPSTREAM to a listener that advertises 127.0.0.1:$KAFKA_PROXY_PORT",
             pytrace=False,
         )
     proxy = TcpProxy(host, int(port), port=PROXY_PORT)

@@ -43,10 +43,18 @@ def tally(scenario: str, sent: Iterable[str], processed: Iterable[str]) -> Tally
     return result
 
 
+def merged(results: Iterable[Tally]) -> list[Tally]:
+    """One row per scenario: the sums over its tests and parameters."""
+    rows: dict[str, Tally] = {}
+    for r in results:
+        was = rows.get(r.scenario, Tally(r.scenario, 0, 0, 0, 0))
+        rows[r.scenario] = Tally(
+            r.scenario, was.sent + r.sent, was.processed + r.processed, was.duplicates + r.duplicates, was.lost + r.lost
+        )
+    return [rows[name] for name in sorted(rows)]
+
+
 def table(results: Iterable[Tally]) -> list[str]:
-    lines = [f"{'scenario':<44} {'sent':>6} {'processed':>9} {'duplicates':>10} {'lost':>5}"]
-    lines += [
-        f"{r.scenario:<44} {r.sent:>6} {r.processed:>9} {r.duplicates:>10} {r.lost:>5}"
-        for r in sorted(results, key=lambda r: r.scenario)
-    ]
+    lines = [f"{'scenario':<40} {'sent':>6} {'processed':>9} {'duplicates':>10} {'lost':>5}"]
+    lines += [f"{r.scenario:<40} {r.sent:>6} {r.processed:>9} {r.duplicates:>10} {r.lost:>5}" for r in merged(results)]
     return lines

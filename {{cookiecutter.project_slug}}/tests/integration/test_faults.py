@@ -6,9 +6,13 @@ test_worker.py (SIGKILL, SIGTERM)."""
 
 from __future__ import annotations
 
+import functools
+import itertools
 import logging
 import os
+{%- if cookiecutter.broker == "kafka" %}
 import re
+{%- endif %}
 import signal
 import threading
 import time
@@ -17,9 +21,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-{%- if cookiecutter.broker == "redis" %}
+{% if cookiecutter.broker == "redis" -%}
 from {{ cookiecutter.project_slug }}.brokers.redis_streams import client_options
-{%- endif %}
+{% endif -%}
 from {{ cookiecutter.project_slug }}.settings import Settings
 from {{ cookiecutter.project_slug }}.tasks import TaskRegistry
 
@@ -192,7 +196,7 @@ def test_two_workers_share_a_queue_and_process_each_message_once(
     workers = [start_worker(settings, log) for log in logs]
     try:
         for log in logs:
-            assert eventually(lambda: ready_to_share(log.read_text()), timeout=60), log.read_text()
+            assert eventually(functools.partial(ready_to_share, log), timeout=60), log.read_text()
 {%- if cookiecutter.broker == "kafka" %}
         # The first worker gave up partitions to the second; wait until it was given its share back.
         assert eventually(lambda: shares_settled(logs), timeout=60), [log.read_text() for log in logs]
@@ -203,7 +207,7 @@ def test_two_workers_share_a_queue_and_process_each_message_once(
         def processed() -> list[list[str]]:
             return [SUCCEEDED.findall(log.read_text()) for log in logs]
 
-        assert eventually(lambda: set(sum(processed(), [])) >= set(sent), timeout=60)
+        assert eventually(lambda: set(itertools.chain(*processed())) >= set(sent), timeout=60)
     finally:
         for worker in workers:
             worker.send_signal(signal.SIGTERM)
@@ -213,15 +217,16 @@ def test_two_workers_share_a_queue_and_process_each_message_once(
     result = tally("9 two workers share a queue", sent, first + second)
     assert result.lost == 0
     assert result.duplicates == 0
-    assert first and second, f"one worker took everything: {len(first)} and {len(second)}"
+    assert first, f"the second worker took everything: {len(second)}"
+    assert second, f"the first worker took everything: {len(first)}"
     assert all(worker.returncode == 0 for worker in workers), [log.read_text() for log in logs]
 
 
-def ready_to_share(log: str) -> bool:
+def ready_to_share(log: Path) -> bool:
 {%- if cookiecutter.broker == "kafka" %}
-    return bool(re.search(r"assigned partitions \[\d", log))
+    return bool(re.search(r"assigned partitions \[\d", log.read_text()))
 {%- else %}
-    return bool(re.search(r"consuming '", log))
+    return "consuming '" in log.read_text()
 {%- endif %}
 {%- if cookiecutter.broker == "kafka" %}
 

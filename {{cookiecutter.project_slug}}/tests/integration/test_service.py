@@ -17,6 +17,7 @@ from {{ cookiecutter.project_slug }}.tasks import TaskRegistry
 
 from ..conftest import Recorder
 from .conftest import Probe, via
+from .tally import tally
 from .tcp_proxy import TcpProxy
 
 
@@ -130,6 +131,9 @@ def test_a_failing_task_is_retried_then_dead_lettered_without_blocking_others(
         assert recorder.started.count(bad) == settings.max_retries + 1
         assert recorder.finished == [good]
         assert "this handler always fails" in str(dead.headers)
+    # Settled means handled, or dead-lettered once its retries ran out.
+    result = tally("5 handler always fails", [bad, good], [*recorder.finished, json.loads(dead.body)["id"]])
+    assert (result.lost, result.duplicates) == (0, 0)
 
 
 @pytest.mark.parametrize(
@@ -152,21 +156,26 @@ def test_a_malformed_message_is_dead_lettered_at_once_and_the_consumer_carries_o
         after = post(client, "record")
         assert recorder.wait_finished(1)
         assert recorder.finished == [after]
+    result = tally("6 malformed message", ["malformed", after], ["malformed", *recorder.finished])
+    assert (result.lost, result.duplicates) == (0, 0)
 
 
 def test_stopping_finishes_messages_in_hand_and_loses_none(
-    settings: Settings, registry: TaskRegistry, recorder: Recorder, probe: Probe
+    settings: Settings, registry: TaskRegistry, recorder: Recorder
 ) -> None:
-    sent = 12
     with running(settings, registry) as client:
         wait_ready(client)
-        for _ in range(sent):
-            post(client, "record", seconds=0.5)
+        sent = [post(client, "record", seconds=0.5) for _ in range(12)]
         assert recorder.wait_started(1)
     # The lifespan has stopped the consumer: what started has finished, the rest is back in the queue.
     assert set(recorder.started) <= set(recorder.finished)
-    assert eventually(lambda: probe.count(settings.queue_name) == sent - len(recorder.finished))
-    assert len(recorder.finished) < sent
+    finished_first = len(recorder.finished)
+    assert finished_first < len(sent)
+    with running(settings, registry) as client:  # the next consumer gets the rest
+        assert eventually(lambda: set(recorder.finished) >= set(sent), timeout=30)
+    result = tally("7 stopped with messages in hand", sent, recorder.finished)
+    assert result.lost == 0
+    assert result.duplicates <= settings.prefetch_count
 
 
 def test_broker_unreachable_gives_503_quickly_and_the_api_recovers_by_itself(
@@ -187,6 +196,8 @@ def test_broker_unreachable_gives_503_quickly_and_the_api_recovers_by_itself(
         task_id = post(client, "record")
         assert recorder.wait_finished(1)
         assert recorder.finished == [task_id]
+    result = tally("2 broker unreachable, then back", [task_id], recorder.finished)
+    assert (result.lost, result.duplicates) == (0, 0)
 
 
 def test_the_broker_going_away_gives_503_and_the_service_recovers_by_itself(

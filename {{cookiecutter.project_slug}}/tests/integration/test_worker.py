@@ -16,6 +16,7 @@ from pathlib import Path
 from {{ cookiecutter.project_slug }}.settings import Settings
 
 from .conftest import Probe
+from .tally import tally
 from .test_service import eventually
 
 SUCCEEDED = re.compile(r"\[task=(\S+) [^\]]*\] task process_image succeeded")
@@ -102,3 +103,7 @@ def test_a_worker_killed_mid_stream_loses_nothing(settings: Settings, probe: Pro
         second.wait(timeout=30)
     assert second.returncode == 0, second_log.read_text()
     assert eventually(lambda: probe.count(settings.queue_name) == 0)
+    runs = SUCCEEDED.findall(first_log.read_text() + second_log.read_text())
+    result = tally("4 worker SIGKILLed mid-stream", sent, runs)
+    assert result.lost == 0
+    assert result.duplicates <= settings.prefetch_count

@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 # The client logs every reconnect attempt at length; ours say it once.
 CLIENT_LOGGERS = ("aiokafka",)
 TOPIC_ALREADY_EXISTS = 36
+REQUEST_TIMEOUT_MARGIN_MS = 5000
 CONNECTION_ERRORS = (KafkaError, OSError)
 
 
@@ -200,6 +201,9 @@ class BrokerConsumer:
             auto_offset_reset="earliest",
             session_timeout_ms=session_ms,
             heartbeat_interval_ms=max(100, session_ms // 3),
+            # A request unanswered this long means a stuck connection: drop it and reconnect. It must
+            # outlast a JoinGroup, which the broker may hold for up to the session timeout.
+            request_timeout_ms=session_ms + REQUEST_TIMEOUT_MARGIN_MS,
             max_poll_records=self._settings.prefetch_count,
         )
         self._consumer.subscribe([self._settings.queue_name], listener=_CommitOnRevoke(self))

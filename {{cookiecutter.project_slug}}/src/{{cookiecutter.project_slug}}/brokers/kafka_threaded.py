@@ -37,6 +37,7 @@ ADMIN_TIMEOUT_SECONDS = 10.0  # for one attempt to create the topics
 DEAD_LETTER_TIMEOUT_SECONDS = 10.0  # for one dead letter to be acknowledged
 FLUSH_SECONDS = 5.0  # for messages still in flight at close
 POLL_SECONDS = 0.1
+REQUEST_TIMEOUT_MARGIN_MS = 5000  # over the session timeout: a JoinGroup may be held that long
 OUTAGE_LOG_SECONDS = 60.0  # how often a client says again that it cannot reach Kafka
 MAX_POLL_INTERVAL_MS = 600_000  # a batch may take this long (in-place retries included) before a rebalance
 
@@ -79,6 +80,8 @@ def client_config(
         "bootstrap.servers": settings.bootstrap_servers,
         "client.id": f"{settings.queue_name}-{name}",
         "reconnect.backoff.max.ms": 2000,  # back within seconds of the broker's return, not librdkafka's 10
+        # A request unanswered this long means a stuck connection: librdkafka drops it and reconnects.
+        "socket.timeout.ms": int(settings.session_timeout_seconds * 1000) + REQUEST_TIMEOUT_MARGIN_MS,
         "logger": log,
         "error_cb": log.on_error,
         # Topics are the service's, with its partitions: a typo'd or deleted one must not come back with defaults.
@@ -197,8 +200,10 @@ class BrokerPublisher:
         def on_delivery(error: KafkaError | None, _: Message) -> None:
             if error is None:
                 delivered.set_result(None)
-            else:
-                delivered.set_exception(BrokerUnavailable(f"Kafka did not accept the message: {error}"))
+                return
+            delivered.set_exception(BrokerUnavailable(f"Kafka did not accept the message: {error}"))
+            if error.code() == KafkaError.PRODUCER_FENCED:
+                self._on_fatal(error)  # a fenced producer never sends again
 
         record_headers: list[tuple[str, str | bytes | None]] = [(key, value.encode()) for key, value in headers.items()]
         try:
@@ -249,6 +254,7 @@ class BrokerPublisher:
             logger.warning("publisher closed with %d message(s) unconfirmed", unconfirmed)
 
     def _replace_producer(self) -> None:
+        logger.warning("publisher's producer cannot go on; replacing it")
         broken, self._producer = self._producer, self._new_producer()
         self._fatal.clear()
         broken.purge()  # fails what it still holds: those callers get 503

@@ -85,6 +85,11 @@ def publish_until(client: TestClient, accepted: list[str], count: int, timeout: 
             time.sleep(0.05)  # the publisher is reconnecting, with backoff
 
 
+def service_threads() -> set[threading.Thread]:
+    """The threads the service starts: its broker clients' and its handler pool's."""
+    return {t for t in threading.enumerate() if t.name.startswith(("{{ cookiecutter.broker }}-", "handler"))}
+
+
 def test_cutting_every_connection_mid_stream_loses_nothing(
     settings: Settings, registry: TaskRegistry, recorder: Recorder, proxy: TcpProxy
 ) -> None:
@@ -111,6 +116,7 @@ def test_a_silent_connection_is_noticed_and_nothing_waits_forever(
 ) -> None:
     settings = settings.model_copy(update={"broker_url": via(proxy, settings.broker_url), **SILENCE_SETTINGS})
     proxy.up()
+    threads_before = service_threads()
     with running(settings, registry) as client:
         wait_ready(client, timeout=30)
         accepted: list[str] = []
@@ -126,6 +132,7 @@ def test_a_silent_connection_is_noticed_and_nothing_waits_forever(
         stopping = time.monotonic()
     # Shutting down with silent connections still open: no thread or task waits on them forever.
     assert time.monotonic() - stopping < settings.shutdown_timeout_seconds + 5
+    assert eventually(lambda: service_threads() <= threads_before, timeout=10), service_threads() - threads_before
     result = tally("3 connections gone silent", accepted, recorder.finished)
     assert result.lost == 0
     assert noticed < notice_within(settings)

@@ -37,6 +37,7 @@ def start_worker(settings: Settings, log: Path, metrics_port: int = 0) -> subpro
         "QUEUE_NAME": settings.queue_name,
         "LOG_LEVEL": "INFO",
         "METRICS_PORT": str(metrics_port),
+        "PREFETCH_COUNT": str(settings.prefetch_count),  # bounds the duplicates after a kill
 {%- if cookiecutter.broker == "redis" %}
         "CLAIM_IDLE_SECONDS": "1",
 {%- endif %}

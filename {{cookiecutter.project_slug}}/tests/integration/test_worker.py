@@ -1,5 +1,6 @@
 """`python -m {{ cookiecutter.project_slug }}.worker` as operators run it: it consumes, stops cleanly
-on SIGTERM, and a worker killed with SIGKILL loses nothing once another one runs."""
+on SIGTERM, and a worker stopped mid-stream, gracefully or with SIGKILL, loses nothing once
+another one runs."""
 
 from __future__ import annotations
 
@@ -13,12 +14,15 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from {{ cookiecutter.project_slug }}.settings import Settings
 
 from .conftest import Probe
 from .tally import tally
 from .test_service import eventually
 
+SCENARIOS = {signal.SIGKILL: "4 worker SIGKILLed mid-stream", signal.SIGTERM: "7 worker SIGTERMed mid-stream"}
 SUCCEEDED = re.compile(r"\[task=(\S+) [^\]]*\] task process_image succeeded")
 
 
@@ -78,8 +82,11 @@ def test_the_worker_processes_a_task_and_exits_cleanly_on_sigterm(
     assert "worker stopped" in log.read_text()
 
 
-def test_a_worker_killed_mid_stream_loses_nothing(settings: Settings, probe: Probe, tmp_path: Path) -> None:
-    sent = [f"kill-{n}" for n in range(2000)]
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_a_worker_stopped_mid_stream_loses_nothing(
+    settings: Settings, probe: Probe, tmp_path: Path, stop: signal.Signals
+) -> None:
+    sent = [f"stop-{n}" for n in range(2000)]
     first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
     declaring = start_worker(settings, tmp_path / "declare.log")
     assert eventually(lambda: queue_exists(probe, settings.queue_name), timeout=30), "the worker never declared"
@@ -89,9 +96,9 @@ def test_a_worker_killed_mid_stream_loses_nothing(settings: Settings, probe: Pro
 
     first = start_worker(settings, first_log)
     assert eventually(lambda: len(SUCCEEDED.findall(first_log.read_text())) >= 20)
-    first.kill()  # SIGKILL: no drain, no goodbye
-    first.wait(timeout=30)
-    assert len(SUCCEEDED.findall(first_log.read_text())) < len(sent), "the first worker finished before the kill"
+    first.send_signal(stop)  # SIGKILL: no drain, no goodbye; SIGTERM: finish what is in hand
+    first.wait(timeout=settings.shutdown_timeout_seconds + 30)
+    assert len(SUCCEEDED.findall(first_log.read_text())) < len(sent), "the first worker finished before the signal"
 
     def processed() -> set[str]:
         return set(SUCCEEDED.findall(first_log.read_text() + second_log.read_text()))
@@ -105,6 +112,10 @@ def test_a_worker_killed_mid_stream_loses_nothing(settings: Settings, probe: Pro
     assert second.returncode == 0, second_log.read_text()
     assert eventually(lambda: probe.count(settings.queue_name) == 0)
     runs = SUCCEEDED.findall(first_log.read_text() + second_log.read_text())
-    result = tally("4 worker SIGKILLed mid-stream", sent, runs)
+    result = tally(SCENARIOS[stop], sent, runs)
     assert result.lost == 0
-    assert result.duplicates <= settings.prefetch_count
+    if stop is signal.SIGKILL:
+        assert result.duplicates <= settings.prefetch_count
+    else:  # what was in hand finished and was acknowledged before the worker left
+        assert first.returncode == 0, first_log.read_text()
+        assert result.duplicates == 0

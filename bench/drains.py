@@ -90,11 +90,21 @@ def quiet_worker(drain: Drain, combo: Combo) -> float:
                     raise BenchError(f"the quiet worker handled {samples[-1:]} of {drain.count} in time")
                 samples.append((time.monotonic(), succeeded(port)))
                 time.sleep(0.05)
-        first = next((moment, count) for moment, count in samples if count > 0)
-        last = samples[-1]
-        return (last[1] - first[1]) / (last[0] - first[0])
+        return polled_rate(samples)
     finally:
         queues.delete(drain.broker, queue, drain.kafka)
+
+
+def polled_rate(samples: list[tuple[float, int]]) -> float:
+    """From the first reading above zero to the last; when the whole drain fell between two
+    readings (a small --quick drain), from the reading before it: a lower bound."""
+    index = next(index for index, (_, count) in enumerate(samples) if count > 0)
+    if index == len(samples) - 1:
+        index = max(0, index - 1)
+    (start, started_count), (end, count) = samples[index], samples[-1]
+    if end <= start:
+        raise BenchError(f"cannot take a rate from the readings {samples}")
+    return (count - started_count) / (end - start)
 
 
 def succeeded(port: int) -> int:

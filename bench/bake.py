@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 TEMPLATE = Path(__file__).resolve().parent.parent
-WORK = Path(__file__).resolve().parent / ".work"
 
 URLS = {
     "rabbitmq": "amqp://guest:guest@127.0.0.1:5672/%2F",
@@ -32,12 +31,12 @@ class Combo:
         return f"bench_{self.broker}_{self.consumer}"
 
 
-def bake_and_install(combos: list[Combo]) -> None:
-    """Fresh bakes every run: the figures must describe the template as it is now."""
-    WORK.mkdir(exist_ok=True)
+def bake_and_install(combos: list[Combo], work: Path) -> None:
+    """Fresh bakes into `work` every run, the figures must describe the template as it is now;
+    installed as copies (not editable), so `work` may go once they are in."""
     projects = []
     for combo in combos:
-        target = WORK / combo.slug
+        target = work / combo.slug
         shutil.rmtree(target, ignore_errors=True)
         subprocess.run(
             [
@@ -46,7 +45,7 @@ def bake_and_install(combos: list[Combo]) -> None:
                 "--no-input",
                 "--overwrite-if-exists",
                 "-o",
-                str(WORK),
+                str(work),
                 f"project_slug={combo.slug}",
                 f"broker={combo.broker}",
                 f"consumer={combo.consumer}",

@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -24,7 +26,7 @@ import drains
 import http_load
 import report
 import services
-from bake import TEMPLATE, WORK, Combo, bake_and_install
+from bake import TEMPLATE, Combo, bake_and_install
 
 
 @dataclass
@@ -96,10 +98,10 @@ def measure_combo(combo: Combo, drain: drains.Drain, settings: Settings, samples
     samples["e2e_p99_ms"].append(http_load.percentile(latencies, 99) * 1000)
 
 
-def measure_broker(broker: str, styles: tuple[str, ...], settings: Settings) -> list[dict[str, Any]]:
+def measure_broker(broker: str, styles: tuple[str, ...], settings: Settings, logs: Path) -> list[dict[str, Any]]:
     samples: dict[str, Samples] = {style: defaultdict(list) for style in styles}
     with broker_address(broker) as kafka:
-        drain = drains.Drain(broker, settings.count, kafka, WORK / "logs")
+        drain = drains.Drain(broker, settings.count, kafka, logs)
         for repetition in range(settings.repeat):
             log(f"{broker}: repetition {repetition + 1} of {settings.repeat}")
             for style in styles:
@@ -143,9 +145,15 @@ def run(brokers: list[str], styles: tuple[str, ...], settings: Settings, out: Pa
     load_before = os.getloadavg()
     started = time.monotonic()
     combos = [Combo(broker, style) for broker in brokers for style in styles]
-    log(f"baking and installing {', '.join(combo.name for combo in combos)}")
-    bake_and_install(combos)
-    runs = [run for broker in brokers for run in measure_broker(broker, styles, settings)]
+    work = Path(tempfile.mkdtemp(prefix="bench-"))  # bakes and logs: outside the repository, tens of MB
+    try:
+        log(f"baking and installing {', '.join(combo.name for combo in combos)}")
+        bake_and_install(combos, work)
+        runs = [run for broker in brokers for run in measure_broker(broker, styles, settings, work / "logs")]
+    except BaseException:
+        log(f"failed; the measured programs' logs are in {work / 'logs'}")
+        raise
+    shutil.rmtree(work, ignore_errors=True)
     info = machine(settings, load_before)
     info["duration_s"] = round(time.monotonic() - started)
     report.write_json(out, runs, info)

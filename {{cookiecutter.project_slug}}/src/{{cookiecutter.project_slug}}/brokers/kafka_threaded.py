@@ -360,7 +360,12 @@ class BrokerConsumer:
         while not self._stopping.is_set():
             if self._fatal is not None:
                 raise KafkaException(self._fatal)
-            records = consumer.consume(self._settings.prefetch_count, timeout=1.0)
+            # The first record may take up to a second; the rest of the batch is only what is already
+            # fetched. consume(n, timeout) would wait for n records or the whole timeout, holding a
+            # lone message back for up to a second at a moderate rate.
+            records = consumer.consume(1, timeout=1.0)
+            if records and self._settings.prefetch_count > 1:
+                records += consumer.consume(self._settings.prefetch_count - 1, timeout=0)
             producer.poll(0)
             batch = self._batch_of(consumer, records)
             if batch:

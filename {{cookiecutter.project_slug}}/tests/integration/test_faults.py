@@ -32,7 +32,7 @@ from .conftest import Probe, via
 from .tally import tally
 from .tcp_proxy import TcpProxy
 from .test_service import eventually, running, wait_ready
-from .test_worker import SUCCEEDED, image_task, start_worker
+from .test_worker import HANDLED, image_task, start_worker
 
 CUTS = 2
 # How long the storm of publishers lasts; a minute or more makes a good soak test.
@@ -213,7 +213,7 @@ def test_two_workers_share_a_queue_and_process_each_message_once(
         probe.publish(settings.queue_name, *(image_task(task_id) for task_id in sent))
 
         def processed() -> list[list[str]]:
-            return [SUCCEEDED.findall(log.read_text()) for log in logs]
+            return [HANDLED.findall(log.read_text()) for log in logs]
 
         assert eventually(lambda: set(itertools.chain(*processed())) >= set(sent), timeout=60)
     finally:

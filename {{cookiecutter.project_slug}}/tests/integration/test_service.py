@@ -87,7 +87,7 @@ def test_tasks_posted_over_http_are_processed_once_each(
 def test_the_request_id_and_task_id_reach_the_handlers_log_line(
     settings: Settings, registry: TaskRegistry, recorder: Recorder, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.DEBUG)  # where the processor logs a success
     with running(settings, registry) as client:
         wait_ready(client)
         task = {"type": "record", "payload": {}}

@@ -23,7 +23,7 @@ from .tally import tally
 from .test_service import eventually
 
 SCENARIOS = {signal.SIGKILL: "4 worker SIGKILLed mid-stream", signal.SIGTERM: "7 worker SIGTERMed mid-stream"}
-SUCCEEDED = re.compile(r"\[task=(\S+) [^\]]*\] task process_image succeeded")
+HANDLED = re.compile(r"\[task=(\S+) [^\]]*\] processing image")  # the example handler's own line
 
 
 def queue_exists(probe: Probe, queue: str) -> bool:
@@ -71,7 +71,7 @@ def test_the_worker_processes_a_task_and_exits_cleanly_on_sigterm(
     try:
         assert eventually(lambda: queue_exists(probe, settings.queue_name), timeout=30), "the worker never declared"
         probe.publish(settings.queue_name, image_task("worker-task-1"))
-        assert eventually(lambda: "worker-task-1" in SUCCEEDED.findall(log.read_text()))
+        assert eventually(lambda: "worker-task-1" in HANDLED.findall(log.read_text()))
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
         assert 'tasks_processed_total{outcome="succeeded"} 1.0' in metrics
         assert "task_handler_duration_seconds_count" in metrics
@@ -95,13 +95,13 @@ def test_a_worker_stopped_mid_stream_loses_nothing(
     probe.publish(settings.queue_name, *(image_task(task_id) for task_id in sent))
 
     first = start_worker(settings, first_log)
-    assert eventually(lambda: len(SUCCEEDED.findall(first_log.read_text())) >= 20)
+    assert eventually(lambda: len(HANDLED.findall(first_log.read_text())) >= 20)
     first.send_signal(stop)  # SIGKILL: no drain, no goodbye; SIGTERM: finish what is in hand
     first.wait(timeout=settings.shutdown_timeout_seconds + 30)
-    assert len(SUCCEEDED.findall(first_log.read_text())) < len(sent), "the first worker finished before the signal"
+    assert len(HANDLED.findall(first_log.read_text())) < len(sent), "the first worker finished before the signal"
 
     def processed() -> set[str]:
-        return set(SUCCEEDED.findall(first_log.read_text() + second_log.read_text()))
+        return set(HANDLED.findall(first_log.read_text() + second_log.read_text()))
 
     second = start_worker(settings, second_log)
     try:
@@ -111,7 +111,7 @@ def test_a_worker_stopped_mid_stream_loses_nothing(
         second.wait(timeout=30)
     assert second.returncode == 0, second_log.read_text()
     assert eventually(lambda: probe.count(settings.queue_name) == 0)
-    runs = SUCCEEDED.findall(first_log.read_text() + second_log.read_text())
+    runs = HANDLED.findall(first_log.read_text() + second_log.read_text())
     result = tally(SCENARIOS[stop], sent, runs)
     assert result.lost == 0
     if stop is signal.SIGKILL:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import uuid
+from typing import Any
 
 from clock import Clock
 
@@ -55,17 +56,22 @@ async def aio_pika_loop(queue: str, clock: Clock) -> None:
     await connection.close()
 
 
+def handle_entries(reply: Any, clock: Clock) -> list[bytes]:
+    """Handle every entry of an XREADGROUP reply; their ids, to acknowledge in one XACK."""
+    ids = []
+    for _, entries in reply or []:
+        for entry_id, fields in entries:
+            clock.handle(fields[b"body"])
+            ids.append(entry_id)
+    return ids
+
+
 def redis_loop(stream: str, clock: Clock) -> None:
     import redis
 
     client = redis.Redis.from_url(REDIS_URL)
     while not clock.done:
-        reply = client.xreadgroup(GROUP, "bare", {stream: ">"}, count=PREFETCH, block=1000)
-        ids = []
-        for _, entries in reply or []:
-            for entry_id, fields in entries:
-                clock.handle(fields[b"body"])
-                ids.append(entry_id)
+        ids = handle_entries(client.xreadgroup(GROUP, "bare", {stream: ">"}, count=PREFETCH, block=1000), clock)
         if ids:
             client.xack(stream, GROUP, *ids)
     client.close()
@@ -77,11 +83,7 @@ async def redis_asyncio_loop(stream: str, clock: Clock) -> None:
     client = redis.Redis.from_url(REDIS_URL)
     while not clock.done:
         reply = await client.xreadgroup(GROUP, "bare", {stream: ">"}, count=PREFETCH, block=1000)
-        ids = []
-        for _, entries in reply or []:
-            for entry_id, fields in entries:
-                clock.handle(fields[b"body"])
-                ids.append(entry_id)
+        ids = handle_entries(reply, clock)
         if ids:
             await client.xack(stream, GROUP, *ids)
     await client.aclose()

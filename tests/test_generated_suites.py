@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from . import fault_report
-from .conftest import BROKER_TEST_ENV, BROKERS, CONSUMERS, STYLE_TEST_ENV, bake, free_port, require_broker, run
-from .kafka_broker import TansuError, running_tansu
+from .conftest import BROKER_TEST_ENV, BROKERS, CONSUMERS, STYLE_TEST_ENV, bake, require_broker, run
+from .kafka_broker import TansuError, free_port, running_tansu
 
 STYLES = [pytest.param(broker, consumer, id=f"{broker}-{consumer}") for broker in BROKERS for consumer in CONSUMERS]
 

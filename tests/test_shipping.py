@@ -35,10 +35,10 @@ from .conftest import (
     bake,
     bake_cached,
     combination_id,
-    free_port,
     require_broker,
     run,
 )
+from .kafka_broker import free_port
 
 BIN = Path(sys.executable).parent
 SHIPPING = [

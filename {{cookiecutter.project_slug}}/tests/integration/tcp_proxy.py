@@ -59,14 +59,12 @@ class TcpProxy:
         for link in links:
             link.close()
 
-    def freeze(self) -> list[Link]:
+    def freeze(self) -> None:
         """Every open connection goes silent, neither forwarding nor closing (a stuck network, a
-        dropped NAT entry); new connections pass. Returns the frozen links."""
+        dropped NAT entry); new connections pass."""
         with self._lock:
-            links = list(self._links)
-        for link in links:
-            link.flowing.clear()
-        return links
+            for link in self._links:
+                link.flowing.clear()
 
     def _accept(self, listener: socket.socket) -> None:
         while True:

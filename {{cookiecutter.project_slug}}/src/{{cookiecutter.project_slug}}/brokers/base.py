@@ -22,13 +22,6 @@ def text_headers(items: Iterable[tuple[str | bytes, object]]) -> dict[str, str]:
     }
 
 
-def current_task_cancelled() -> bool:
-    """True when a CancelledError is meant for this task (a timeout, shutdown), not one a client raised
-    because it dropped its own pending futures on a closing connection."""
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
-
-
 class BrokerUnavailable(Exception):
     """The broker did not durably accept the message; nothing was promised to the caller."""
 

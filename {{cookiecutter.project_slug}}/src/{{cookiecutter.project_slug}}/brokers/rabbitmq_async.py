@@ -21,7 +21,7 @@ from aio_pika.exceptions import CONNECTION_EXCEPTIONS, DeliveryError, PublishErr
 from ..messages import CONTENT_TYPE, TaskMessage, encode
 from ..processing import Outcome, Processor
 from ..settings import Settings
-from .base import Backoff, BrokerUnavailable, current_task_cancelled, sleep_unless_stopping, text_headers
+from .base import Backoff, BrokerUnavailable, sleep_unless_stopping, text_headers
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +75,13 @@ def retries_of(message: AbstractIncomingMessage) -> int:
         return max(0, int(value))  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return 0
+
+
+def current_task_cancelled() -> bool:
+    """True when a CancelledError is meant for this task (a timeout, shutdown), not one a client raised
+    because it dropped its own pending futures on a closing connection."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 class BrokerPublisher:

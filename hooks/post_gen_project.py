@@ -16,40 +16,36 @@ CONTEXT = json.loads(r"""{{ cookiecutter | tojson }}""")
 
 PACKAGE = "src/{slug}"
 
-# Files that only one broker needs, whatever the consumer style.
+# What belongs to one broker, whatever the consumer style: its package, its test probes, its own tests.
 BROKER_FILES = {
-    "rabbitmq": ["tests/integration/test_rabbitmq.py"],
+    "rabbitmq": [
+        f"{PACKAGE}/brokers/rabbitmq",
+        "tests/integration/probes/rabbitmq",
+        "tests/integration/test_rabbitmq.py",
+    ],
     "redis": [
-        f"{PACKAGE}/brokers/redis_streams.py",
-        "tests/integration/probe_redis.py",
+        f"{PACKAGE}/brokers/redis",
+        "tests/integration/probes/redis",
         "tests/integration/test_redis.py",
     ],
     "kafka": [
-        f"{PACKAGE}/brokers/kafka_records.py",
+        f"{PACKAGE}/brokers/kafka",
+        "tests/integration/probes/kafka",
         "tests/integration/test_kafka.py",
+        "tests/test_kafka_offsets.py",
     ],
 }
 
-# Files that only one broker and consumer style need: the client module and its test probe.
-CLIENT_FILES = {
-    ("rabbitmq", "async"): [
-        f"{PACKAGE}/brokers/rabbitmq_async.py",
-        "tests/integration/probe_rabbitmq_async.py",
-    ],
-    ("rabbitmq", "threaded"): [
-        f"{PACKAGE}/brokers/rabbitmq_threaded.py",
-        "tests/integration/probe_rabbitmq_threaded.py",
-    ],
-    ("redis", "async"): [f"{PACKAGE}/brokers/redis_async.py"],
-    ("redis", "threaded"): [f"{PACKAGE}/brokers/redis_threaded.py"],
-    ("kafka", "async"): [
-        f"{PACKAGE}/brokers/kafka_async.py",
-        "tests/integration/probe_kafka_async.py",
-    ],
-    ("kafka", "threaded"): [
-        f"{PACKAGE}/brokers/kafka_threaded.py",
-        "tests/integration/probe_kafka_threaded.py",
-    ],
+# What belongs to one consumer style, for every broker: the runner, and each broker's (and probe's)
+# module of that style. Glob patterns.
+STYLE_FILES = {
+    style: [
+        f"{PACKAGE}/runner_{module}.py",
+        f"{PACKAGE}/brokers/*/{module}*.py",
+        f"tests/integration/probes/*/{module}.py",
+        f"tests/test_runner_{module}.py",
+    ]
+    for style, module in (("threaded", "threaded"), ("async", "asynchronous"))
 }
 
 DOCKER_FILES = ["Dockerfile", ".dockerignore", "docker-compose.yml"]
@@ -60,13 +56,13 @@ CI_FILES = {
 }
 
 
-def remove(root: Path, relative: str) -> None:
-    """Delete a file or folder if it is there; a second run finds nothing to do."""
-    path = root / relative.format(slug=CONTEXT["project_slug"])
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists():
-        path.unlink()
+def remove(root: Path, pattern: str) -> None:
+    """Delete the files or folders the glob pattern matches; a second run finds nothing to do."""
+    for path in root.glob(pattern.format(slug=CONTEXT["project_slug"])):
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 def remove_other_brokers(root: Path, broker: str) -> None:
@@ -76,11 +72,11 @@ def remove_other_brokers(root: Path, broker: str) -> None:
                 remove(root, relative)
 
 
-def remove_other_clients(root: Path, broker: str, consumer: str) -> None:
-    for choice, paths in CLIENT_FILES.items():
-        if choice != (broker, consumer):
-            for relative in paths:
-                remove(root, relative)
+def remove_other_styles(root: Path, consumer: str) -> None:
+    for name, patterns in STYLE_FILES.items():
+        if name != consumer:
+            for pattern in patterns:
+                remove(root, pattern)
 
 
 def remove_docker_files(root: Path) -> None:
@@ -115,7 +111,7 @@ def next_steps(context: dict[str, str]) -> str:
 
 def main(root: Path, context: dict[str, str]) -> None:
     remove_other_brokers(root, context["broker"])
-    remove_other_clients(root, context["broker"], context["consumer"])
+    remove_other_styles(root, context["consumer"])
     if context["use_docker"] == "no":
         remove_docker_files(root)
     remove_other_ci(root, context["ci"])

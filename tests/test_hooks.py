@@ -110,34 +110,48 @@ def test_the_tests_cover_every_broker_the_template_offers() -> None:
 def test_every_pruned_path_exists_in_the_template(post_gen: types.ModuleType) -> None:
     tables = [
         *post_gen.BROKER_FILES.values(),
-        *post_gen.CLIENT_FILES.values(),
+        *post_gen.STYLE_FILES.values(),
         post_gen.DOCKER_FILES,
         *post_gen.CI_FILES.values(),
     ]
     missing = [
-        relative
-        for paths in tables
-        for relative in paths
-        if not (TEMPLATE_PROJECT / relative.format(slug="{{cookiecutter.project_slug}}")).exists()
+        pattern
+        for patterns in tables
+        for pattern in patterns
+        if not list(TEMPLATE_PROJECT.glob(pattern.format(slug="{{cookiecutter.project_slug}}")))
     ]
     assert missing == []
 
 
-def test_every_broker_client_file_is_owned_by_exactly_one_choice(post_gen: types.ModuleType) -> None:
-    """A new broker module or probe that is missing from the table would leak into every project."""
+def test_every_broker_and_style_file_is_owned_by_exactly_one_choice(post_gen: types.ModuleType) -> None:
+    """A new broker package, style module or probe missing from the tables would leak into every project."""
     package = TEMPLATE_PROJECT / "src" / "{{cookiecutter.project_slug}}"
-    client_files = {
-        str(path.relative_to(TEMPLATE_PROJECT)).replace("{{cookiecutter.project_slug}}", "{slug}")
-        for path in [*package.glob("brokers/[a-z]*_*.py"), *TEMPLATE_PROJECT.glob("tests/integration/probe_*.py")]
+    brokers = {path for path in (package / "brokers").iterdir() if path.is_dir() and not path.name.startswith("_")}
+    probes = {path for path in (TEMPLATE_PROJECT / "tests/integration/probes").iterdir() if path.is_dir()}
+    styled = {
+        path
+        for path in [
+            *package.glob("runner_*.py"),
+            *package.glob("brokers/*/*.py"),
+            *TEMPLATE_PROJECT.rglob("probes/*/*.py"),
+        ]
+        if "threaded" in path.stem or "asynchronous" in path.stem
     }
-    owned = {
-        relative
-        for table in (post_gen.CLIENT_FILES, post_gen.BROKER_FILES)
-        for paths in table.values()
-        for relative in paths
+
+    def owners(path: Path, tables: dict[str, list[str]]) -> list[str]:
+        return [
+            choice
+            for choice, patterns in tables.items()
+            for pattern in patterns
+            if path in TEMPLATE_PROJECT.glob(pattern.format(slug="{{cookiecutter.project_slug}}"))
+        ]
+
+    assert {path.name: owners(path, post_gen.BROKER_FILES) for path in brokers | probes} == {
+        path.name: [path.name] for path in brokers | probes
     }
-    assert client_files - owned == set()
-    assert set(post_gen.CLIENT_FILES) >= {(broker, consumer) for broker in BROKERS for consumer in CONSUMERS}
+    assert [path for path in styled if len(owners(path, post_gen.STYLE_FILES)) != 1] == []
+    assert sorted(post_gen.BROKER_FILES) == sorted(BROKERS)
+    assert sorted(post_gen.STYLE_FILES) == sorted(CONSUMERS)
 
 
 def test_pruning_is_idempotent(post_gen: types.ModuleType, tmp_path: Path) -> None:

@@ -2,21 +2,19 @@
 and tracing into memory."""
 
 from __future__ import annotations
+{%- set is_async = cookiecutter.consumer == "async" %}
 
-{% if cookiecutter.consumer == "async" -%}
+{% if is_async -%}
 import asyncio
-{% endif -%}
-import threading
-{%- if cookiecutter.consumer == "threaded" %}
+{%- else -%}
 import time
 {%- endif %}
 from collections.abc import Iterator
 
 import pytest
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanContext
 from pydantic import BaseModel, ConfigDict
 
 from {{ cookiecutter.project_slug }} import tracing
@@ -24,32 +22,7 @@ from {{ cookiecutter.project_slug }}.handlers import ProcessImagePayload, proces
 from {{ cookiecutter.project_slug }}.messages import TaskMessage
 from {{ cookiecutter.project_slug }}.tasks import TaskRegistry
 
-
-class Recorder:
-    """Thread-safe record of the task ids handlers started and finished; tests wait on it."""
-
-    def __init__(self) -> None:
-        self._changed = threading.Condition()
-        self.started: list[str] = []
-        self.finished: list[str] = []
-
-    def start(self, task_id: str) -> None:
-        with self._changed:
-            self.started.append(task_id)
-            self._changed.notify_all()
-
-    def finish(self, task_id: str) -> None:
-        with self._changed:
-            self.finished.append(task_id)
-            self._changed.notify_all()
-
-    def wait_started(self, count: int, timeout: float = 15.0) -> bool:
-        with self._changed:
-            return self._changed.wait_for(lambda: len(self.started) >= count, timeout)
-
-    def wait_finished(self, count: int, timeout: float = 15.0) -> bool:
-        with self._changed:
-            return self._changed.wait_for(lambda: len(self.finished) >= count, timeout)
+from .helpers import Recorder
 
 
 class RecordPayload(BaseModel):
@@ -70,28 +43,28 @@ def registry(recorder: Recorder) -> TaskRegistry:
     registry.task("process_image", ProcessImagePayload)(process_image)
 
     @registry.task("record", RecordPayload)
-    {% if cookiecutter.consumer == "async" %}async {% endif %}def record(payload: RecordPayload, message: TaskMessage) -> None:
+{%- if is_async %}
+    async def record(payload: RecordPayload, message: TaskMessage) -> None:
         recorder.start(message.id)
-        {% if cookiecutter.consumer == "async" %}await asyncio.sleep(payload.seconds){% else %}time.sleep(payload.seconds){% endif %}
+        await asyncio.sleep(payload.seconds)
         recorder.finish(message.id)
+{%- else %}
+    def record(payload: RecordPayload, message: TaskMessage) -> None:
+        recorder.start(message.id)
+        time.sleep(payload.seconds)
+        recorder.finish(message.id)
+{%- endif %}
 
     @registry.task("explode", RecordPayload)
-    {% if cookiecutter.consumer == "async" %}async {% endif %}def explode(payload: RecordPayload, message: TaskMessage) -> None:
+{%- if is_async %}
+    async def explode(payload: RecordPayload, message: TaskMessage) -> None:
+{%- else %}
+    def explode(payload: RecordPayload, message: TaskMessage) -> None:
+{%- endif %}
         recorder.start(message.id)
         raise RuntimeError("this handler always fails")
 
     return registry
-
-
-def context(span: ReadableSpan) -> SpanContext:
-    span_context = span.get_span_context()
-    assert span_context is not None
-    return span_context
-
-
-def parent(span: ReadableSpan) -> SpanContext:
-    assert span.parent is not None, f"{span.name} has no parent"
-    return span.parent
 
 
 @pytest.fixture

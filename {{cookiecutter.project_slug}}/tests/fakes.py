@@ -1,6 +1,7 @@
 """In-memory doubles of the broker, for fast unit tests. Integration tests use the real broker."""
 
 from __future__ import annotations
+{%- set is_async = cookiecutter.consumer == "async" %}
 
 import asyncio
 from collections import deque
@@ -51,13 +52,22 @@ class InMemoryBroker:
     def put_raw(self, body: bytes) -> None:
         """A message from another program: any bytes at all."""
         self.queue.append(Envelope(body, {}))
+{%- if is_async %}
 
-    {% if cookiecutter.consumer == "async" %}async {% endif %}def drain(self, processor: Processor) -> list[Outcome]:
+    async def drain(self, processor: Processor) -> list[Outcome]:
+{%- else %}
+
+    def drain(self, processor: Processor) -> list[Outcome]:
+{%- endif %}
         """Process until the queue is empty; retried messages go to the back, as on the real broker."""
         outcomes = []
         while self.queue:
             envelope = self.queue.popleft()
-            verdict = {% if cookiecutter.consumer == "async" %}await {% endif %}processor.process(envelope.body, envelope.retries, envelope.headers)
+{%- if is_async %}
+            verdict = await processor.process(envelope.body, envelope.retries, envelope.headers)
+{%- else %}
+            verdict = processor.process(envelope.body, envelope.retries, envelope.headers)
+{%- endif %}
             outcomes.append(verdict.outcome)
             if verdict.outcome is Outcome.RETRIED:
                 self.queue.append(Envelope(envelope.body, envelope.headers, envelope.retries + 1))
@@ -85,8 +95,16 @@ class StubConsumer:
 
 def process(processor: Processor, body: bytes, retries: int = 0, headers: dict[str, str] | None = None) -> Outcome:
     """Run one message through the processor from a plain (synchronous) test."""
-    return {% if cookiecutter.consumer == "async" %}asyncio.run(processor.process(body, retries, headers)).outcome{% else %}processor.process(body, retries, headers).outcome{% endif %}
+{%- if is_async %}
+    return asyncio.run(processor.process(body, retries, headers)).outcome
+{%- else %}
+    return processor.process(body, retries, headers).outcome
+{%- endif %}
 
 
 def drain(broker: InMemoryBroker, processor: Processor) -> list[Outcome]:
-    return {% if cookiecutter.consumer == "async" %}asyncio.run(broker.drain(processor)){% else %}broker.drain(processor){% endif %}
+{%- if is_async %}
+    return asyncio.run(broker.drain(processor))
+{%- else %}
+    return broker.drain(processor)
+{%- endif %}

@@ -12,8 +12,8 @@ from {{ cookiecutter.project_slug }}.messages import TaskMessage, encode
 from {{ cookiecutter.project_slug }}.processing import Outcome, Processor
 from {{ cookiecutter.project_slug }}.tasks import TaskRegistry
 
-from .conftest import Recorder
 from .fakes import InMemoryBroker, drain, process
+from .helpers import Recorder
 
 MAX_RETRIES = 3
 

@@ -17,7 +17,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from {{ cookiecutter.project_slug }} import tracing
 from {{ cookiecutter.project_slug }}.settings import Settings
 
-from .conftest import context, parent
+from .helpers import context, parent
 
 
 def by_name(spans: tuple[ReadableSpan, ...]) -> dict[str, ReadableSpan]:

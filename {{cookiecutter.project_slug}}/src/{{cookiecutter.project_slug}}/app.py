@@ -9,7 +9,8 @@ from fastapi import FastAPI
 
 from . import handlers
 from .api import router
-from .brokers import Consumer, Publisher, make_consumer, make_publisher
+from .brokers import Consumer, Publisher
+from .brokers.factory import make_consumer, make_publisher
 from .middleware import BodySizeLimit, RequestId
 from .processing import Processor
 from .settings import Settings

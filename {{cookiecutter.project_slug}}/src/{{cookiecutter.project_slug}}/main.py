@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .app import create_app
-from .brokers import CLIENT_LOGGERS
+from .brokers.factory import CLIENT_LOGGERS
 from .logs import configure_logging
 from .settings import get_settings
 from .tracing import configure_tracing

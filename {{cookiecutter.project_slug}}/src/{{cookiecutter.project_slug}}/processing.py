@@ -1,7 +1,8 @@
 """What happens to one message: run its handler, then decide to ack, retry or dead-letter.
 
-Broker modules call `Processor.process` and carry out the verdict; the rules live here once.
+The runner calls `Processor.process`; settlement.py turns the verdict into the broker's action.
 """
+{%- set is_async = cookiecutter.consumer == "async" %}
 
 from __future__ import annotations
 
@@ -47,18 +48,32 @@ class Processor:
     def __init__(self, registry: TaskRegistry, max_retries: int) -> None:
         self.registry = registry
         self.max_retries = max_retries
+{%- if is_async %}
 
-    {% if cookiecutter.consumer == "async" %}async {% endif %}def process(self, body: bytes, retries: int, headers: Mapping[str, str] | None = None) -> Verdict:
+    async def process(self, body: bytes, retries: int, headers: Mapping[str, str] | None = None) -> Verdict:
+{%- else %}
+
+    def process(self, body: bytes, retries: int, headers: Mapping[str, str] | None = None) -> Verdict:
+{%- endif %}
         """Never raises for a bad message or a failing handler: each becomes a verdict."""
         TASKS_IN_HAND.inc()
         try:
-            verdict = {% if cookiecutter.consumer == "async" %}await {% endif %}self._run(body, retries, headers or {})
+{%- if is_async %}
+            verdict = await self._run(body, retries, headers or {})
+{%- else %}
+            verdict = self._run(body, retries, headers or {})
+{%- endif %}
         finally:
             TASKS_IN_HAND.dec()
         PROCESSED[verdict.outcome].inc()
         return verdict
+{%- if is_async %}
 
-    {% if cookiecutter.consumer == "async" %}async {% endif %}def _run(self, body: bytes, retries: int, headers: Mapping[str, str]) -> Verdict:
+    async def _run(self, body: bytes, retries: int, headers: Mapping[str, str]) -> Verdict:
+{%- else %}
+
+    def _run(self, body: bytes, retries: int, headers: Mapping[str, str]) -> Verdict:
+{%- endif %}
         try:
             message = decode(body)
         except InvalidMessage as error:
@@ -83,7 +98,11 @@ class Processor:
             started = time.perf_counter()
             with handle_span(message.type, headers):
                 try:
-                    {% if cookiecutter.consumer == "async" %}await {% endif %}task_type.handler(payload, message)
+{%- if is_async %}
+                    await task_type.handler(payload, message)
+{%- else %}
+                    task_type.handler(payload, message)
+{%- endif %}
                 except Exception as error:
                     record_error(error)
                     verdict = self._failed(error, retries)

@@ -1,8 +1,13 @@
 """The registry of task types: each name maps to a payload model and the handler that runs it."""
 
 from __future__ import annotations
+{%- if cookiecutter.consumer == "async" %}
 
-from collections.abc import {% if cookiecutter.consumer == "async" %}Awaitable, {% endif %}Callable
+from collections.abc import Awaitable, Callable
+{%- else %}
+
+from collections.abc import Callable
+{%- endif %}
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 

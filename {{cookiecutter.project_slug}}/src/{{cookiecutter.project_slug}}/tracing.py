@@ -18,13 +18,13 @@ from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
+from .brokers import MESSAGING_SYSTEM
 from .settings import Settings
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Tracer, TracerProvider
 
 PACKAGE = __name__.partition(".")[0]
-MESSAGING_SYSTEM = "{{ cookiecutter.broker }}"
 INSTALL_HINT = "pip install '.[tracing]'"
 
 _tracer: Tracer | None = None  # None while tracing is off

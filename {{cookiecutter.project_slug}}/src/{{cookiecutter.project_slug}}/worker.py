@@ -9,7 +9,7 @@ import signal
 from prometheus_client import start_http_server
 
 from . import handlers
-from .brokers import CLIENT_LOGGERS, make_consumer
+from .brokers.factory import CLIENT_LOGGERS, make_consumer
 from .logs import configure_logging
 from .processing import Processor
 from .settings import Settings, get_settings

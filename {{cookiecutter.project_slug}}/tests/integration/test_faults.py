@@ -10,9 +10,6 @@ import functools
 import itertools
 import logging
 import os
-{%- if cookiecutter.broker == "kafka" %}
-import re
-{%- endif %}
 import signal
 import threading
 import time
@@ -21,52 +18,19 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-{% if cookiecutter.broker == "redis" -%}
-from {{ cookiecutter.project_slug }}.brokers.redis_streams import client_options
-{% endif -%}
 from {{ cookiecutter.project_slug }}.settings import Settings
 from {{ cookiecutter.project_slug }}.tasks import TaskRegistry
 
-from ..conftest import Recorder
-from .conftest import Probe, via
+from ..helpers import Recorder
+from .helpers import HANDLED, eventually, image_task, running, start_worker, via, wait_ready
+from .probes import SILENCE_SETTINGS, Probe, notice_within, ready_to_share, shares_settled, slow_handler_seconds
 from .tally import tally
 from .tcp_proxy import TcpProxy
-from .test_service import eventually, running, wait_ready
-from .test_worker import HANDLED, image_task, start_worker
 
 CUTS = 2
 # How long the storm of publishers lasts; a minute or more makes a good soak test.
 STORM_SECONDS = float(os.environ.get("FAULT_STORM_SECONDS", "5"))
 STORM_THREADS = 16
-RECONNECT_SECONDS = 10  # after noticing: close, back off, connect, declare
-{%- if cookiecutter.broker == "rabbitmq" %}
-# Heartbeats every 2 s, so that silence is noticed soon.
-SILENCE_SETTINGS: dict[str, object] = {"heartbeat_seconds": 2}
-
-
-def notice_within(settings: Settings) -> float:
-{%- if cookiecutter.consumer == "async" %}
-    """aiormq drops a connection that received nothing for 3 x (heartbeat + 1) seconds."""
-    return 3 * (settings.heartbeat_seconds + 1) + RECONNECT_SECONDS
-{%- else %}
-    """pika checks every heartbeat + 5 seconds that something arrived since its last check."""
-    return 2 * (settings.heartbeat_seconds + 5) + RECONNECT_SECONDS
-{%- endif %}
-{%- elif cookiecutter.broker == "redis" %}
-SILENCE_SETTINGS: dict[str, object] = {}
-
-
-def notice_within(settings: Settings) -> float:
-    """Redis has no heartbeat: every command, XREADGROUP's block included, is bounded by the socket timeout."""
-    return 2 * float(client_options("test")["socket_timeout"]) + RECONNECT_SECONDS
-{%- elif cookiecutter.broker == "kafka" %}
-SILENCE_SETTINGS: dict[str, object] = {}
-
-
-def notice_within(settings: Settings) -> float:
-    """The group's session timeout: how long a consumer may be silent; its requests time out alike."""
-    return 2 * settings.session_timeout_seconds + RECONNECT_SECONDS
-{%- endif %}
 
 
 def publish_until(client: TestClient, accepted: list[str], count: int, timeout: float = 60.0) -> None:
@@ -87,7 +51,7 @@ def publish_until(client: TestClient, accepted: list[str], count: int, timeout: 
 
 def service_threads() -> set[threading.Thread]:
     """The threads the service starts: its broker clients' and its handler pool's."""
-    return {t for t in threading.enumerate() if t.name.startswith(("{{ cookiecutter.broker }}-", "handler"))}
+    return {t for t in threading.enumerate() if t.name.startswith(("broker-", "handler"))}
 
 
 def test_cutting_every_connection_mid_stream_loses_nothing(
@@ -144,13 +108,7 @@ def test_a_handler_slower_than_the_heartbeat_keeps_its_connection(
 ) -> None:
     caplog.set_level(logging.WARNING)
     settings = settings.model_copy(update=SILENCE_SETTINGS)
-{%- if cookiecutter.broker == "rabbitmq" %}
-    slow = 2.5 * settings.heartbeat_seconds
-{%- elif cookiecutter.broker == "redis" %}
-    slow = 2.5 * settings.claim_idle_seconds  # a message idle this long is another consumer's to claim
-{%- elif cookiecutter.broker == "kafka" %}
-    slow = 2.5 * settings.session_timeout_seconds
-{%- endif %}
+    slow = slow_handler_seconds(settings)
     with running(settings, registry) as client:
         wait_ready(client)
         response = client.post("/tasks", json={"type": "record", "payload": {"seconds": slow}})
@@ -205,10 +163,8 @@ def test_two_workers_share_a_queue_and_process_each_message_once(
     try:
         for log in logs:
             assert eventually(functools.partial(ready_to_share, log), timeout=60), log.read_text()
-{%- if cookiecutter.broker == "kafka" %}
-        # The first worker gave up partitions to the second; wait until it was given its share back.
+        # Where the broker hands out shares of the work (partitions), wait until each worker has one.
         assert eventually(lambda: shares_settled(logs), timeout=60), [log.read_text() for log in logs]
-{%- endif %}
         sent = [f"share-{n}" for n in range(300)]
         probe.publish(settings.queue_name, *(image_task(task_id) for task_id in sent))
 
@@ -228,24 +184,3 @@ def test_two_workers_share_a_queue_and_process_each_message_once(
     assert first, f"the second worker took everything: {len(second)}"
     assert second, f"the first worker took everything: {len(first)}"
     assert all(worker.returncode == 0 for worker in workers), [log.read_text() for log in logs]
-
-
-def ready_to_share(log: Path) -> bool:
-{%- if cookiecutter.broker == "kafka" %}
-    return bool(re.search(r"assigned partitions \[\d", log.read_text()))
-{%- else %}
-    return "consuming '" in log.read_text()
-{%- endif %}
-{%- if cookiecutter.broker == "kafka" %}
-
-
-def shares_settled(logs: list[Path]) -> bool:
-    """Each worker's latest assignment is non-empty, and together they hold every partition once."""
-    latest = []
-    for log in logs:
-        assignments = re.findall(r"assigned partitions \[([\d, ]*)\]", log.read_text())
-        if not assignments or not assignments[-1]:
-            return False
-        latest += [int(partition) for partition in assignments[-1].split(",")]
-    return sorted(latest) == list(range(len(latest))) and len(set(latest)) == len(latest)
-{%- endif %}

@@ -10,9 +10,9 @@ from {{ cookiecutter.project_slug }}.app import create_app
 from {{ cookiecutter.project_slug }}.settings import Settings
 from {{ cookiecutter.project_slug }}.tasks import TaskRegistry
 
-from ..conftest import Recorder
-from .conftest import Probe
-from .test_service import eventually, post, publish_only, wait_ready
+from ..helpers import Recorder
+from .helpers import eventually, post, publish_only, wait_ready
+from .probes import Probe
 
 
 def test_published_records_carry_the_id_as_key_and_the_request_id_as_header(

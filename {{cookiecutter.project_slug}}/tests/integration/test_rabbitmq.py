@@ -8,8 +8,8 @@ from {{ cookiecutter.project_slug }}.app import create_app
 from {{ cookiecutter.project_slug }}.settings import Settings
 from {{ cookiecutter.project_slug }}.tasks import TaskRegistry
 
-from .conftest import Probe
-from .test_service import publish_only, wait_ready
+from .helpers import publish_only, wait_ready
+from .probes import Probe
 
 
 def test_published_messages_are_persistent_json_with_the_id(

@@ -11,9 +11,9 @@ from {{ cookiecutter.project_slug }}.app import create_app
 from {{ cookiecutter.project_slug }}.settings import Settings
 from {{ cookiecutter.project_slug }}.tasks import TaskRegistry
 
-from ..conftest import Recorder
-from .conftest import Probe
-from .test_service import eventually, publish_only, wait_ready
+from ..helpers import Recorder
+from .helpers import eventually, publish_only, wait_ready
+from .probes import Probe
 
 CONTRACT_TASK = b'{"id": "%s", "type": "record", "payload": {}}'
 

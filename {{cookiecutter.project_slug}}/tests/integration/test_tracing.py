@@ -9,8 +9,8 @@ from opentelemetry.trace import SpanKind
 from {{ cookiecutter.project_slug }}.settings import Settings
 from {{ cookiecutter.project_slug }}.tasks import TaskRegistry
 
-from ..conftest import Recorder, context, parent
-from .test_service import eventually, post, running, wait_ready
+from ..helpers import Recorder, context, parent
+from .helpers import eventually, post, running, wait_ready
 
 
 def only(spans: tuple[ReadableSpan, ...], name: str) -> ReadableSpan:

@@ -4,13 +4,7 @@ another one runs."""
 
 from __future__ import annotations
 
-import json
-import os
-import re
 import signal
-import socket
-import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
@@ -18,48 +12,11 @@ import pytest
 
 from {{ cookiecutter.project_slug }}.settings import Settings
 
-from .conftest import Probe
+from .helpers import HANDLED, eventually, free_port, image_task, queue_exists, start_worker
+from .probes import Probe
 from .tally import tally
-from .test_service import eventually
 
 SCENARIOS = {signal.SIGKILL: "4 worker SIGKILLed mid-stream", signal.SIGTERM: "7 worker SIGTERMed mid-stream"}
-HANDLED = re.compile(r"\[task=(\S+) [^\]]*\] processing image")  # the example handler's own line
-
-
-def queue_exists(probe: Probe, queue: str) -> bool:
-    try:
-        probe.count(queue)
-    except Exception:
-        return False
-    return True
-
-
-def start_worker(settings: Settings, log: Path, metrics_port: int = 0) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "BROKER_URL": settings.broker_url,
-        "QUEUE_NAME": settings.queue_name,
-        "LOG_LEVEL": "INFO",
-        "METRICS_PORT": str(metrics_port),
-        "PREFETCH_COUNT": str(settings.prefetch_count),  # bounds the duplicates after a kill
-{%- if cookiecutter.broker == "redis" %}
-        "CLAIM_IDLE_SECONDS": "1",
-{%- endif %}
-    }
-    with log.open("ab") as output:
-        return subprocess.Popen([sys.executable, "-m", "{{ cookiecutter.project_slug }}.worker"], env=env, stderr=output)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def image_task(task_id: str) -> bytes:
-    return json.dumps(
-        {"id": task_id, "type": "process_image", "payload": {"image_url": "https://example.com/a.png"}}
-    ).encode()
 
 
 def test_the_worker_processes_a_task_and_exits_cleanly_on_sigterm(

@@ -1,18 +1,18 @@
-"""The broker this project was generated for, behind the Publisher and Consumer protocols."""
+"""The broker this project was generated for: its settings and names. `factory` builds its
+publisher and consumer; each broker lives in a package of its own beside this file."""
 
 from __future__ import annotations
 
-from ..processing import Processor
-from ..settings import Settings
-from .base import Backoff, BrokerUnavailable, Consumer, Publisher
-from .{{ cookiecutter.broker }}_{{ cookiecutter.consumer }} import CLIENT_LOGGERS, BrokerConsumer, BrokerPublisher
+from .base import BrokerUnavailable, Consumer, Delivery, Publisher
+from .{{ cookiecutter.broker }}.settings import BROKER_SCHEMES, DEFAULT_BROKER_URL, MESSAGING_SYSTEM, BrokerSettings
 
-__all__ = ["CLIENT_LOGGERS", "Backoff", "BrokerUnavailable", "Consumer", "Publisher", "make_consumer", "make_publisher"]
-
-
-def make_publisher(settings: Settings) -> Publisher:
-    return BrokerPublisher(settings)
-
-
-def make_consumer(settings: Settings, processor: Processor) -> Consumer:
-    return BrokerConsumer(settings, processor)
+__all__ = [
+    "BROKER_SCHEMES",
+    "DEFAULT_BROKER_URL",
+    "MESSAGING_SYSTEM",
+    "BrokerSettings",
+    "BrokerUnavailable",
+    "Consumer",
+    "Delivery",
+    "Publisher",
+]

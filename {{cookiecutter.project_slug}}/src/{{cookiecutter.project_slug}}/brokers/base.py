@@ -1,14 +1,28 @@
-"""What the app needs from any broker: a publisher and a consumer, both driven from asyncio."""
+"""What the app needs from any broker, and what every broker's transport hands the runner."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import random
-from collections.abc import Iterable, Mapping
-from typing import Protocol
+from collections.abc import Hashable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from pydantic import Field
 
 from ..messages import TaskMessage
+
+
+def broker_url_field(default: str) -> Any:
+    """The BROKER_URL setting of every broker's settings."""
+    return Field(default, description="Where the broker is; credentials belong here, in the environment only.")
+
+
+def check_scheme(url: str, schemes: Mapping[str, int]) -> str:
+    """`url`, if its scheme is one of the broker's; a clear error otherwise."""
+    if urlsplit(url).scheme not in schemes:
+        raise ValueError(f"BROKER_URL must start with {' or '.join(scheme + '://' for scheme in schemes)}")
+    return url
 
 
 def text_headers(items: Iterable[tuple[str | bytes, object]]) -> dict[str, str]:
@@ -24,6 +38,21 @@ def text_headers(items: Iterable[tuple[str | bytes, object]]) -> dict[str, str]:
 
 class BrokerUnavailable(Exception):
     """The broker did not durably accept the message; nothing was promised to the caller."""
+
+
+@dataclass(frozen=True, eq=False)
+class Delivery:
+    """One message as a transport received it: what the processor reads, and what the broker
+    needs back to settle it (`handle`: a delivery tag, a stream entry, a record)."""
+
+    body: bytes
+    headers: Mapping[str, str]
+    retries: int
+    handle: Any
+    # Deliveries of one lane (a partition of a topic) are handled one at a time, in order; None: any order.
+    lane: Hashable | None = None
+    # What the broker may want again when settling: the original headers, a delivery count, ...
+    extra: Mapping[str, Any] = field(default_factory=dict)
 
 
 class Publisher(Protocol):
@@ -65,9 +94,3 @@ class Backoff:
 
     def reset(self) -> None:
         self._attempt = 0
-
-
-async def sleep_unless_stopping(stopping: asyncio.Event, delay: float) -> None:
-    """Sleep for `delay` seconds, or less if `stopping` is set meanwhile."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stopping.wait(), delay)

@@ -11,8 +11,6 @@ from typing import Any
 import pika
 from pika.adapters.blocking_connection import BlockingChannel
 
-SERVICE_HINT = "start RabbitMQ (`rabbitmq-server -detached`, or any RabbitMQ 3.13+), or point BROKER_URL at one"
-
 
 @dataclass(frozen=True)
 class Received:

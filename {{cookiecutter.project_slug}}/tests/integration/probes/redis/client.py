@@ -8,7 +8,6 @@ from typing import Any, cast
 
 import redis
 
-SERVICE_HINT = 'start Redis (`redis-server --daemonize yes --save ""`, or any Redis 6.2+), or point BROKER_URL at one'
 GROUP = "workers"
 
 

@@ -15,8 +15,6 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractChannel
 
-SERVICE_HINT = "start RabbitMQ (`rabbitmq-server -detached`, or any RabbitMQ 3.13+), or point BROKER_URL at one"
-
 
 @dataclass(frozen=True)
 class Received:

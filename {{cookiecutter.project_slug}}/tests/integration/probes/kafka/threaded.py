@@ -15,10 +15,6 @@ from urllib.parse import urlsplit
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-SERVICE_HINT = (
-    "start Apache Kafka 3.7+ (`bin/kafka-server-start.sh config/server.properties` in its download, once its"
-    " storage is formatted as its quickstart shows), or point BROKER_URL at one"
-)
 TIMEOUT_SECONDS = 10.0
 
 

@@ -1,7 +1,6 @@
 """RabbitMQ with pika. A pika connection is not thread-safe, so each one is owned by a single
 thread: the publisher's (a SelectConnection, so that many confirmed publishes are in flight at
-once) or the consumer's (a BlockingConnection). Handlers run in a pool and hand their verdict back
-to the consumer's thread with `add_callback_threadsafe`.
+once) or the consumer's (a BlockingConnection, driven by the runner's thread).
 """
 
 from __future__ import annotations
@@ -9,34 +8,35 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pika
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 from pika.adapters.select_connection import SelectConnection
 from pika.channel import Channel
-from pika.exceptions import AMQPError, ConnectionClosedByClient
+from pika.exceptions import AMQPConnectionError, AMQPError, ConnectionClosedByClient
 from pika.spec import Basic, BasicProperties
 
-from ..messages import CONTENT_TYPE, TaskMessage, encode
-from ..processing import Outcome, Processor, Verdict
-from ..settings import Settings
-from .base import Backoff, BrokerUnavailable, text_headers
+from ...messages import CONTENT_TYPE, TaskMessage, encode
+from ...runner_threaded import keep_connected
+from ..base import BrokerUnavailable, Delivery, text_headers
+from .topology import dead_letter_headers, queue_arguments, retried_headers, retries_of
+
+if TYPE_CHECKING:
+    from ...settings import Settings
 
 logger = logging.getLogger(__name__)
 
 # The client logs every reconnect attempt at length; ours say it once.
 CLIENT_LOGGERS = ("pika",)
 
-RETRIES_HEADER = "x-retries"
-REASON_HEADER = "x-dead-letter-reason"
+ERRORS: tuple[type[BaseException], ...] = (AMQPError, OSError)  # the connection is gone, or never came
 PERSISTENT = pika.DeliveryMode.Persistent
 
 
@@ -51,14 +51,10 @@ def connection_parameters(settings: Settings, name: str) -> pika.URLParameters:
     return parameters
 
 
-def dead_letter_arguments(settings: Settings) -> dict[str, str]:
-    return {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": settings.dead_letter_queue}
-
-
 def declare_topology(channel: BlockingChannel, settings: Settings) -> None:
     """Idempotent: the dead-letter queue, then the task queue that dead-letters into it."""
     channel.queue_declare(settings.dead_letter_queue, durable=True)
-    channel.queue_declare(settings.queue_name, durable=True, arguments=dead_letter_arguments(settings))
+    channel.queue_declare(settings.queue_name, durable=True, arguments=queue_arguments(settings))
 
 
 @dataclass(frozen=True)
@@ -67,15 +63,6 @@ class Request:
 
     body: bytes
     properties: BasicProperties
-
-
-def retries_of(properties: BasicProperties) -> int:
-    """How often this message was retried; a missing or mangled header counts as none."""
-    value = (properties.headers or {}).get(RETRIES_HEADER, 0)
-    try:
-        return max(0, int(value))
-    except (TypeError, ValueError):
-        return 0
 
 
 def close_quietly(connection: BlockingConnection | None) -> None:
@@ -106,7 +93,9 @@ class BrokerPublisher:
         self._unconfirmed: dict[int, tuple[str, Future[None]]] = {}  # delivery tag: (message id, future)
         self._returned: set[str] = set()  # ids of messages no queue took, until their confirm
         self._pings: collections.deque[Future[None]] = collections.deque()
-        self._thread = threading.Thread(target=self._run, name="rabbitmq-publisher", daemon=True)
+        self._connected: Callable[[], None] = lambda: None  # keep_connected's, for the session that runs
+        self._lost: BaseException | None = None  # what closed the session's connection
+        self._thread = threading.Thread(target=self._run, name="broker-publisher", daemon=True)
 
     async def start(self) -> None:
         self._thread.start()
@@ -156,29 +145,29 @@ class BrokerPublisher:
     # Everything below runs in the I/O thread.
 
     def _run(self) -> None:
-        backoff = Backoff()
-        while not self._stopping.is_set():
-            try:
-                self._connection = SelectConnection(
-                    self._parameters,
-                    on_open_callback=self._on_connection_open,
-                    on_open_error_callback=self._on_connection_error,
-                    on_close_callback=self._on_connection_closed,
-                )
-                self._connection.ioloop.start()  # until the connection is closed or fails to open
-                if self._channel is not None:
-                    backoff.reset()
-            except Exception:
-                # Never let the publisher's thread die: log the bug and reconnect.
-                logger.exception("publisher failed unexpectedly; reconnecting")
-            finally:
-                self._ready.clear()
-                self._fail_all("the connection to RabbitMQ was lost")
-                self._channel = None
-                if self._connection is not None:
-                    with contextlib.suppress(Exception):
-                        self._connection.ioloop.close()
-            self._stopping.wait(backoff.next_delay())
+        keep_connected(self._session, self._stopping, ERRORS, f"publisher ({self._settings.broker_address})")
+
+    def _session(self, connected: Callable[[], None]) -> None:
+        """One connection, until it closes; raises what closed it, for keep_connected to report."""
+        self._connected = connected
+        self._lost = None
+        try:
+            self._connection = SelectConnection(
+                self._parameters,
+                on_open_callback=self._on_connection_open,
+                on_open_error_callback=self._on_connection_error,
+                on_close_callback=self._on_connection_closed,
+            )
+            self._connection.ioloop.start()  # until the connection is closed or fails to open
+        finally:
+            self._ready.clear()
+            self._fail_all("the connection to RabbitMQ was lost")
+            self._channel = None
+            if self._connection is not None:
+                with contextlib.suppress(Exception):
+                    self._connection.ioloop.close()
+        if self._lost is not None and not self._stopping.is_set():
+            raise self._lost
 
     def _on_connection_open(self, connection: SelectConnection) -> None:
         if self._stopping.is_set():
@@ -187,12 +176,12 @@ class BrokerPublisher:
         connection.channel(on_open_callback=self._on_channel_open)
 
     def _on_connection_error(self, connection: SelectConnection, error: BaseException | str) -> None:
-        logger.warning("publisher cannot reach RabbitMQ at %s: %r", self._settings.broker_address, error)
+        self._lost = error if isinstance(error, BaseException) else AMQPConnectionError(error)
         connection.ioloop.stop()
 
     def _on_connection_closed(self, connection: SelectConnection, reason: BaseException) -> None:
         if not self._stopping.is_set() and not isinstance(reason, ConnectionClosedByClient):
-            logger.warning("publisher lost RabbitMQ at %s: %r", self._settings.broker_address, reason)
+            self._lost = reason
         connection.ioloop.stop()
 
     def _on_channel_open(self, channel: Channel) -> None:
@@ -203,7 +192,7 @@ class BrokerPublisher:
             channel.queue_declare(
                 self._settings.queue_name,
                 durable=True,
-                arguments=dead_letter_arguments(self._settings),
+                arguments=queue_arguments(self._settings),
                 callback=lambda _: self._on_ready(channel),
             )
 
@@ -216,6 +205,7 @@ class BrokerPublisher:
         self._channel = channel
         self._delivery_tag = 0
         self._ready.set()
+        self._connected()
         logger.info("publisher connected to %s", self._settings.broker_address)
         self._flush()
 
@@ -300,147 +290,100 @@ class BrokerPublisher:
             connection.ioloop.stop()
 
 
-class BrokerConsumer:
-    """Consumes in a background thread that owns its connection; handlers run in a thread pool."""
+class BrokerTransport:
+    """The consumer's side: a BlockingConnection that the runner's thread owns and drives."""
 
-    def __init__(self, settings: Settings, processor: Processor) -> None:
+    errors = ERRORS
+    retry_in_place = False  # a retry is republished to the back of the queue
+    finish_unstarted = False  # what is not acknowledged goes back to the queue as the connection closes
+
+    def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._processor = processor
         self._parameters = connection_parameters(settings, "consumer")
-        self._stopping = threading.Event()
-        self._consuming = threading.Event()
-        self._pool = ThreadPoolExecutor(settings.handler_threads, thread_name_prefix="handler")
-        self._thread = threading.Thread(target=self._run, name="rabbitmq-consumer", daemon=True)
+        self.capacity = settings.prefetch_count  # the broker sends no more than the prefetch anyway
+        self._connection: BlockingConnection | None = None
+        self._channel: BlockingChannel | None = None
+        self._consumer_tag: str | None = None
+        self._received: collections.deque[Delivery] = collections.deque()  # delivered, not yet fetched
 
-    async def start(self) -> None:
-        self._thread.start()
-
-    def is_running(self) -> bool:
-        return self._consuming.is_set() and self._thread.is_alive()
-
-    async def stop(self) -> None:
-        self._stopping.set()
-        if self._thread.is_alive():
-            await asyncio.to_thread(self._thread.join, self._settings.shutdown_timeout_seconds + 5)
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
-    def _run(self) -> None:
-        backoff = Backoff()
-        while not self._stopping.is_set():
-            connection = None
-            try:
-                connection = BlockingConnection(self._parameters)
-                self._consume(connection, backoff)
-            except AMQPError as error:
-                logger.warning("consumer lost RabbitMQ at %s: %r", self._settings.broker_address, error)
-            except Exception:
-                # Never let the consumer's thread die: log the bug and reconnect.
-                logger.exception("consumer failed unexpectedly; reconnecting")
-            finally:
-                self._consuming.clear()
-                close_quietly(connection)
-            self._stopping.wait(backoff.next_delay())
-
-    def _consume(self, connection: BlockingConnection, backoff: Backoff) -> None:
-        channel = connection.channel()
+    def open(self) -> str:
+        self._connection = BlockingConnection(self._parameters)
+        channel = self._connection.channel()
         channel.confirm_delivery()
         declare_topology(channel, self._settings)
         channel.basic_qos(prefetch_count=self._settings.prefetch_count)
-        in_hand: dict[int, Future[Verdict]] = {}
-        on_message = functools.partial(self._on_message, connection, channel, in_hand)
-        consumer_tag = channel.basic_consume(self._settings.queue_name, on_message)
-        self._consuming.set()
-        backoff.reset()
-        logger.info("consuming %r from %s", self._settings.queue_name, self._settings.broker_address)
-        while not self._stopping.is_set():
-            connection.process_data_events(time_limit=0.5)
-        self._drain(connection, channel, consumer_tag, in_hand)
-
-    def _drain(
-        self,
-        connection: BlockingConnection,
-        channel: BlockingChannel,
-        consumer_tag: str,
-        in_hand: dict[int, Future[Verdict]],
-    ) -> None:
-        """Take nothing new; finish what runs; leave the rest unacked, so the broker redelivers it."""
-        channel.basic_cancel(consumer_tag)
-        not_started = [future for future in in_hand.values() if future.cancel()]
-        deadline = time.monotonic() + self._settings.shutdown_timeout_seconds
-        while in_hand and time.monotonic() < deadline:
-            connection.process_data_events(time_limit=0.1)
-        logger.info(
-            "consumer stopped: %d message(s) returned unstarted, %d interrupted",
-            len(not_started),
-            len(in_hand),
-        )
+        self._consumer_tag = channel.basic_consume(self._settings.queue_name, self._on_message)
+        self._channel = channel
+        return f"{self._settings.queue_name!r} from {self._settings.broker_address}"
 
     def _on_message(
-        self,
-        connection: BlockingConnection,
-        channel: BlockingChannel,
-        in_hand: dict[int, Future[Verdict]],
-        _channel: BlockingChannel,
-        method: Basic.Deliver,
-        properties: BasicProperties,
-        body: bytes,
+        self, _channel: BlockingChannel, method: Basic.Deliver, properties: BasicProperties, body: bytes
     ) -> None:
-        tag = method.delivery_tag
-        headers = text_headers((properties.headers or {}).items())
-        future = self._pool.submit(self._processor.process, body, retries_of(properties), headers)
-        in_hand[tag] = future
-        settle = functools.partial(self._settle, channel, in_hand, tag, properties, body)
+        headers = properties.headers or {}
+        extra = {"properties": properties}
+        self._received.append(
+            Delivery(body, text_headers(headers.items()), retries_of(headers), method.delivery_tag, extra=extra)
+        )
 
-        def hand_back(done: Future[Verdict]) -> None:
-            try:
-                connection.add_callback_threadsafe(functools.partial(settle, done))
-            except AMQPError:
-                logger.info("connection closed before message %d was settled; it will be redelivered", tag)
+    def fetch(self, max_count: int, wait_seconds: float) -> list[Delivery]:
+        if not self._received:
+            self._open_connection().process_data_events(time_limit=wait_seconds)  # returns once a message came
+        return [self._received.popleft() for _ in range(min(max_count, len(self._received)))]
 
-        future.add_done_callback(hand_back)
+    def pump(self) -> None:
+        self._open_connection().process_data_events(time_limit=0)
 
-    def _settle(
-        self,
-        channel: BlockingChannel,
-        in_hand: dict[int, Future[Verdict]],
-        tag: int,
-        properties: BasicProperties,
-        body: bytes,
-        done: Future[Verdict],
-    ) -> None:
-        """Runs in the connection's thread: republish if needed, then ack."""
-        in_hand.pop(tag, None)
-        if done.cancelled() or channel.is_closed:
-            return
-        if done.exception() is not None:
-            # The processor never raises for a message; this is a bug or interpreter shutdown.
-            logger.error("processing crashed; message %d will be redelivered", tag, exc_info=done.exception())
-            return
-        verdict = done.result()
-        if verdict.outcome is Outcome.RETRIED:
-            retried = {RETRIES_HEADER: retries_of(properties) + 1}
-            self._republish(channel, self._settings.queue_name, properties, body, retried)
-        elif verdict.outcome is Outcome.DEAD_LETTERED:
-            reason = {REASON_HEADER: verdict.reason}
-            self._republish(channel, self._settings.dead_letter_queue, properties, body, reason)
-        channel.basic_ack(tag)
+    def unsubscribe(self) -> int:
+        """Take no new messages; those delivered but not fetched go back to the queue on close."""
+        if self._channel is not None and self._consumer_tag is not None and self._channel.is_open:
+            self._channel.basic_cancel(self._consumer_tag)
+        self._consumer_tag = None
+        returned = len(self._received)
+        self._received.clear()
+        return returned
 
-    @staticmethod
-    def _republish(
-        channel: BlockingChannel,
-        routing_key: str,
-        properties: BasicProperties,
-        body: bytes,
-        extra_headers: Mapping[str, Any],
-    ) -> None:
-        """Confirmed publish of the original body; the original is acked only after this returns."""
-        headers = {**(properties.headers or {}), **extra_headers}
+    def ack(self, deliveries: Sequence[Delivery]) -> None:
+        channel = self._open_channel()
+        for delivery in deliveries:
+            channel.basic_ack(delivery.handle)
+
+    def retry(self, delivery: Delivery) -> None:
+        properties = delivery.extra["properties"]
+        headers = retried_headers(properties.headers, delivery.retries)
+        self._republish(self._settings.queue_name, delivery, headers)
+
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        properties = delivery.extra["properties"]
+        self._republish(self._settings.dead_letter_queue, delivery, dead_letter_headers(properties.headers, reason))
+
+    def _republish(self, routing_key: str, delivery: Delivery, headers: Mapping[str, Any]) -> None:
+        """A confirmed publish of the original body, then the original's ack."""
+        properties: BasicProperties = delivery.extra["properties"]
         republished = BasicProperties(
             content_type=properties.content_type or CONTENT_TYPE,
             delivery_mode=PERSISTENT,
             message_id=properties.message_id,
             type=properties.type,
             timestamp=properties.timestamp,
-            headers=headers,
+            headers=dict(headers),
         )
-        channel.basic_publish("", routing_key, body, republished, mandatory=True)
+        channel = self._open_channel()
+        channel.basic_publish("", routing_key, delivery.body, republished, mandatory=True)
+        channel.basic_ack(delivery.handle)
+
+    def close(self) -> None:
+        self._received.clear()
+        self._channel = None
+        self._consumer_tag = None
+        close_quietly(self._connection)
+        self._connection = None
+
+    def _open_connection(self) -> BlockingConnection:
+        if self._connection is None or not self._connection.is_open:
+            raise AMQPConnectionError("the consumer's connection is closed")
+        return self._connection
+
+    def _open_channel(self) -> BlockingChannel:
+        if self._channel is None or not self._channel.is_open:
+            raise AMQPConnectionError("the consumer's channel is closed")
+        return self._channel

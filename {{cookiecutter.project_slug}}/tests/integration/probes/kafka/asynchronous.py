@@ -16,7 +16,6 @@ from urllib.parse import urlsplit
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-SERVICE_HINT = "start Apache Kafka (any Kafka 3.x or 4.x broker), or point BROKER_URL at one"
 IDLE_SECONDS = 1.0  # a topic read this long without a new record is read to its end
 
 

@@ -1,0 +1,252 @@
+"""Apache Kafka with aiokafka in the event loop. The producer waits for `acks=all` on every
+send; the consumer's transport commits offsets only after records were handled or dead-lettered
+(each partition is a lane of the runner, its records in order), lets the runner retry a failing
+record in place (Kafka has no per-record nack), and commits what is done when its partitions are
+taken away in a rebalance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError
+
+from ...messages import TaskMessage, encode
+from ...runner_asynchronous import keep_connected
+from ..base import BrokerUnavailable, Delivery, text_headers
+from .records import OffsetLedger, Partition, dead_letter_headers, group_id, partition_of, record_headers
+
+if TYPE_CHECKING:
+    from ...settings import Settings
+
+__all__ = ["CLIENT_LOGGERS", "BrokerPublisher", "BrokerTransport"]
+
+logger = logging.getLogger(__name__)
+
+# The client logs every reconnect attempt at length; ours say it once.
+CLIENT_LOGGERS = ("aiokafka",)
+TOPIC_ALREADY_EXISTS = 36
+REQUEST_TIMEOUT_MARGIN_MS = 5000
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (KafkaError, OSError)
+
+
+async def ensure_topics(settings: Settings) -> None:
+    """Idempotent: the task topic and the dead-letter topic, with the configured partitions."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id="admin")
+    await admin.start()
+    try:
+        topics = [
+            NewTopic(name, num_partitions=settings.topic_partitions, replication_factor=settings.topic_replication)
+            for name in (settings.queue_name, settings.dead_letter_queue)
+        ]
+        response = await admin.create_topics(topics)
+        for name, code, *detail in response.topic_errors:
+            if code not in (0, TOPIC_ALREADY_EXISTS):
+                raise KafkaError(f"cannot create topic {name!r}: error {code} {detail}")
+    finally:
+        await admin.close()
+
+
+def make_producer(settings: Settings, name: str) -> Any:
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers,
+        client_id=name,
+        acks="all",
+        enable_idempotence=settings.producer_idempotence,
+        request_timeout_ms=int(max(settings.publish_timeout_seconds, 5) * 1000),
+    )
+
+
+class BrokerPublisher:
+    """Sends with `acks=all`; 202 only once the send's delivery future resolved."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._producer: Any = None
+        self._stopping = asyncio.Event()
+        self._connecting: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        what = f"publisher ({self._settings.broker_address})"
+        connecting = keep_connected(self._session, self._stopping, CONNECTION_ERRORS, what)
+        self._connecting = asyncio.create_task(connecting, name="broker-publisher-connect")
+
+    async def _session(self, connected: Callable[[], None]) -> None:
+        """Start the producer once; from then on it reconnects by itself."""
+        producer = make_producer(self._settings, "publisher")
+        try:
+            await ensure_topics(self._settings)
+            await producer.start()
+        except BaseException:
+            await producer.stop()
+            raise
+        self._producer = producer
+        connected()
+        logger.info("publisher connected to %s", self._settings.broker_address)
+        await self._stopping.wait()
+
+    def _connected(self) -> Any:
+        if self._producer is None:
+            raise BrokerUnavailable(f"not connected to Kafka at {self._settings.broker_address}")
+        return self._producer
+
+    async def publish(self, message: TaskMessage, headers: Mapping[str, str]) -> None:
+        producer = self._connected()
+        try:
+            await producer.send_and_wait(
+                self._settings.queue_name,
+                value=encode(message),
+                key=message.id.encode(),
+                headers=record_headers(headers) or None,
+            )
+        except CONNECTION_ERRORS as error:
+            raise BrokerUnavailable(f"Kafka did not acknowledge the message: {error!r}") from error
+
+    async def ping(self) -> None:
+        producer = self._connected()
+        try:
+            await producer.client.fetch_all_metadata()
+        except CONNECTION_ERRORS as error:
+            raise BrokerUnavailable(f"Kafka did not answer: {error!r}") from error
+
+    async def close(self) -> None:
+        self._stopping.set()
+        if self._connecting is not None:
+            await self._connecting
+        if self._producer is not None:
+            await self._producer.stop()
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Before partitions move to another consumer, commit what was done on them."""
+
+    def __init__(self, transport: BrokerTransport) -> None:
+        self._transport = transport
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self._transport.revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self._transport.assigned(assigned)
+
+
+class BrokerTransport:
+    """The consumer's side: a consumer in the group, and a producer for dead letters."""
+
+    errors = CONNECTION_ERRORS
+    retry_in_place = True  # Kafka cannot hold one record back: the runner retries it in its partition's lane
+    finish_unstarted = False  # what is not committed is read again by the partition's next owner
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self.capacity = settings.prefetch_count
+        self._ledger = OffsetLedger()
+        self._consumer: Any = None
+        self._producer: Any = None
+        self._committing = asyncio.Lock()
+        self._joined = asyncio.Event()  # set once the group gave this consumer its partitions
+
+    async def open(self) -> str:
+        self._ledger.clear()
+        self._joined.clear()
+        await ensure_topics(self._settings)
+        self._producer = make_producer(self._settings, "dead-letters")
+        await self._producer.start()
+        session_ms = int(self._settings.session_timeout_seconds * 1000)
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._settings.bootstrap_servers,
+            group_id=group_id(self._settings),
+            client_id="consumer",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=session_ms,
+            heartbeat_interval_ms=max(100, session_ms // 3),
+            # A request unanswered this long means a stuck connection: drop it and reconnect. It must
+            # outlast a JoinGroup, which the broker may hold for up to the session timeout.
+            request_timeout_ms=session_ms + REQUEST_TIMEOUT_MARGIN_MS,
+            max_poll_records=self._settings.prefetch_count,
+        )
+        self._consumer.subscribe([self._settings.queue_name], listener=_Rebalance(self))
+        await self._consumer.start()
+        return f"{self._settings.queue_name!r} in group {group_id(self._settings)!r}"
+
+    def assigned(self, partitions: list[TopicPartition]) -> None:
+        self._ledger.assigned((tp.topic, tp.partition) for tp in partitions)
+        logger.info("assigned partitions %s", sorted(tp.partition for tp in partitions))
+        self._joined.set()
+
+    async def revoked(self, partitions: list[TopicPartition]) -> None:
+        keys = {(tp.topic, tp.partition) for tp in partitions}
+        await self._commit(self._ledger.due(keys))
+        self._ledger.revoked(keys)
+
+    async def fetch(self, max_count: int, wait_seconds: float) -> list[Delivery]:
+        batch = await self._consumer.getmany(timeout_ms=int(wait_seconds * 1000), max_records=max_count)
+        return [self._delivery(record) for records in batch.values() for record in records]
+
+    @staticmethod
+    def _delivery(record: Any) -> Delivery:
+        lane: Partition = (record.topic, record.partition)
+        return Delivery(record.value or b"", text_headers(record.headers or ()), 0, record, lane)
+
+    async def unsubscribe(self) -> int:
+        return 0  # records are fetched only when asked for
+
+    async def ack(self, deliveries: Sequence[Delivery]) -> None:
+        """Count them done and commit, one commit at a time: whoever gets the lock commits what
+        every waiting caller settled, so what is handled but not committed stays within what is in hand."""
+        for delivery in deliveries:
+            self._ledger.settled(partition_of(delivery), delivery.handle.offset)
+        async with self._committing:
+            await self._commit(self._ledger.due())
+
+    async def retry(self, delivery: Delivery) -> None:
+        raise NotImplementedError("Kafka retries in place: the runner never asks the broker to")
+
+    async def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        record = delivery.handle
+        headers = dead_letter_headers(record.headers, reason, record.partition, record.offset, delivery.retries + 1)
+        await self._producer.send_and_wait(
+            self._settings.dead_letter_queue, value=record.value, key=record.key, headers=headers
+        )
+        self._ledger.settled(partition_of(delivery), record.offset)
+
+    async def close(self) -> None:
+        consumer, producer = self._consumer, self._producer
+        self._consumer = self._producer = None
+        if consumer is not None:
+            try:
+                await self._finish_joining()
+                async with self._committing:
+                    await self._commit(self._ledger.due(), consumer)
+            except Exception as error:
+                logger.warning("closing the consumer failed: %r", error)
+            finally:
+                await consumer.stop()  # leaves the group: its partitions move on at once
+        if producer is not None:
+            await producer.stop()
+
+    async def _finish_joining(self) -> None:
+        """Leave the group only once joined: a member that leaves in the middle of the group's
+        first join forces another rebalance on every member (and stalls some brokers)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._joined.wait(), self._settings.session_timeout_seconds)
+
+    async def _commit(self, offsets: dict[Partition, int], consumer: Any = None) -> bool:
+        consumer = consumer or self._consumer
+        if not offsets or consumer is None:
+            return True
+        try:
+            await consumer.commit({TopicPartition(*partition): offset for partition, offset in offsets.items()})
+        except KafkaError as error:
+            # The partitions moved on; their new owner starts from the last commit: duplicates, no loss.
+            logger.warning("could not commit %s: %r", offsets, error)
+            return False
+        self._ledger.committed(offsets)
+        return True

@@ -1,0 +1,82 @@
+"""What both Kafka styles share: the consumer group, record headers, the dead-letter record's
+headers, and the bookkeeping of which offsets may be committed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, cast
+
+from ..base import Delivery
+
+if TYPE_CHECKING:
+    from ...settings import Settings
+
+REASON_HEADER = "x-dead-letter-reason"
+Headers = list[tuple[str, bytes]]
+Partition = tuple[str, int]  # (topic, partition): a delivery's lane
+
+
+def partition_of(delivery: Delivery) -> Partition:
+    """A Kafka delivery's lane is its partition."""
+    return cast("Partition", delivery.lane)
+
+
+def group_id(settings: Settings) -> str:
+    return settings.consumer_group or f"{settings.queue_name}.workers"
+
+
+def record_headers(headers: Mapping[str, str]) -> Headers:
+    return [(key, value.encode()) for key, value in headers.items()]
+
+
+def dead_letter_headers(
+    headers: Sequence[tuple[str, bytes | None]] | None, reason: str, partition: int, offset: int, attempts: int
+) -> Headers:
+    """The original headers, plus why the record was dead-lettered and where it came from."""
+    kept = [(key, value) for key, value in headers or () if value is not None]
+    return [
+        *kept,
+        (REASON_HEADER, reason.encode()),
+        ("x-original-partition", str(partition).encode()),
+        ("x-original-offset", str(offset).encode()),
+        ("x-attempts", str(attempts).encode()),
+    ]
+
+
+class OffsetLedger:
+    """What may be committed: per partition this consumer owns, the offset after the last record
+    settled. Records of a partition are settled in order (the runner runs each partition as one
+    lane), so a record that failed to settle is never passed: the runner starts over first."""
+
+    def __init__(self) -> None:
+        self._owned: set[Partition] = set()
+        self._due: dict[Partition, int] = {}  # settled, not yet committed
+
+    def assigned(self, partitions: Iterable[Partition]) -> None:
+        self._owned.update(partitions)
+
+    def settled(self, partition: Partition, offset: int) -> None:
+        """Record `offset` of `partition` as done; a partition that moved away meanwhile is ignored."""
+        if partition in self._owned:
+            self._due[partition] = max(self._due.get(partition, 0), offset + 1)
+
+    def due(self, partitions: Iterable[Partition] | None = None) -> dict[Partition, int]:
+        """The offsets to commit, for every partition or those given."""
+        wanted = self._due.keys() if partitions is None else set(partitions) & self._due.keys()
+        return {partition: self._due[partition] for partition in wanted}
+
+    def committed(self, offsets: Mapping[Partition, int]) -> None:
+        """Forget what was committed, unless more was settled meanwhile."""
+        for partition, offset in offsets.items():
+            if self._due.get(partition) == offset:
+                del self._due[partition]
+
+    def revoked(self, partitions: Iterable[Partition]) -> None:
+        """The partitions moved to another consumer: their new owner starts from the last commit."""
+        for partition in partitions:
+            self._owned.discard(partition)
+            self._due.pop(partition, None)
+
+    def clear(self) -> None:
+        self._owned.clear()
+        self._due.clear()

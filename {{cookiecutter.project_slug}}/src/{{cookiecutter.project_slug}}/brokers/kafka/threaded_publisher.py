@@ -1,0 +1,114 @@
+"""The API's side of Kafka with confluent-kafka: one producer, `acks=all`, polled by its own
+thread so that delivery reports resolve the futures POST /tasks awaits."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Mapping
+from concurrent.futures import Future
+from typing import TYPE_CHECKING
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+from ...messages import TaskMessage, encode
+from ..base import BrokerUnavailable
+from .threaded_config import producer_config
+from .threaded_topics import POLL_SECONDS, TopicCreation
+
+if TYPE_CHECKING:
+    from ...settings import Settings
+
+logger = logging.getLogger(__name__)
+
+FLUSH_SECONDS = 5.0  # for messages still in flight at close
+
+
+class BrokerPublisher:
+    """One producer, `acks=all`; 202 only once its delivery report resolved the caller's future."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._fatal = threading.Event()
+        self._producer = self._new_producer()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="broker-publisher", daemon=True)
+
+    def _new_producer(self) -> Producer:
+        config = producer_config(self._settings, "publisher", self._settings.publish_timeout_seconds, self._on_fatal)
+        return Producer(config)
+
+    def _on_fatal(self, _: KafkaError) -> None:
+        self._fatal.set()  # the thread replaces the producer
+
+    async def start(self) -> None:
+        self._thread.start()
+
+    async def publish(self, message: TaskMessage, headers: Mapping[str, str]) -> None:
+        delivered: Future[None] = Future()
+        # Running from the start: a caller that gives up cannot cancel it under the delivery report's feet.
+        delivered.set_running_or_notify_cancel()
+
+        def on_delivery(error: KafkaError | None, _: Message) -> None:
+            if error is None:
+                delivered.set_result(None)
+                return
+            delivered.set_exception(BrokerUnavailable(f"Kafka did not accept the message: {error}"))
+            if error.code() == KafkaError.PRODUCER_FENCED:
+                self._on_fatal(error)  # a fenced producer never sends again
+
+        record_headers: list[tuple[str, str | bytes | None]] = [(key, value.encode()) for key, value in headers.items()]
+        try:
+            self._producer.produce(
+                topic=self._settings.queue_name,
+                value=encode(message),
+                key=message.id,
+                headers=record_headers,
+                on_delivery=on_delivery,
+            )
+        except BufferError as error:
+            raise BrokerUnavailable("too many messages wait for Kafka already") from error
+        except KafkaException as error:
+            raise BrokerUnavailable(f"Kafka refused the message: {error}") from error
+        await asyncio.wrap_future(delivered)
+
+    async def ping(self) -> None:
+        queue_name = self._settings.queue_name
+        try:
+            metadata = await asyncio.to_thread(
+                self._producer.list_topics, queue_name, self._settings.ready_timeout_seconds
+            )
+        except KafkaException as error:
+            raise BrokerUnavailable(f"Kafka at {self._settings.broker_address} did not answer: {error}") from error
+        topic = metadata.topics.get(queue_name)
+        if topic is None or topic.error is not None:
+            raise BrokerUnavailable(f"no topic {queue_name!r} yet: {topic.error if topic else 'unknown'}")
+
+    async def close(self) -> None:
+        self._stopping.set()
+        if self._thread.is_alive():
+            await asyncio.to_thread(self._thread.join, FLUSH_SECONDS + 5)
+
+    def _run(self) -> None:
+        topics = TopicCreation(self._settings)
+        while not self._stopping.is_set():
+            try:
+                self._producer.poll(POLL_SECONDS)  # runs the delivery reports
+                topics.step()
+                if self._fatal.is_set():
+                    self._replace_producer()
+            except Exception:
+                # Never let the publisher's thread die: log the bug and carry on.
+                logger.exception("publisher's thread failed unexpectedly; carrying on")
+                self._stopping.wait(1.0)
+        unconfirmed = self._producer.flush(FLUSH_SECONDS)
+        if unconfirmed:
+            logger.warning("publisher closed with %d message(s) unconfirmed", unconfirmed)
+
+    def _replace_producer(self) -> None:
+        logger.warning("publisher's producer cannot go on; replacing it")
+        broken, self._producer = self._producer, self._new_producer()
+        self._fatal.clear()
+        broken.purge()  # fails what it still holds: those callers get 503
+        broken.poll(0)

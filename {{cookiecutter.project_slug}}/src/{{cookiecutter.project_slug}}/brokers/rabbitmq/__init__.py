@@ -1,0 +1,1 @@
+"""RabbitMQ: durable queues on the default exchange, publisher confirms, persistent messages."""

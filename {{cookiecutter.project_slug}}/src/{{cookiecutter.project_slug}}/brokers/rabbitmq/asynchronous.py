@@ -1,0 +1,234 @@
+"""RabbitMQ with aio-pika in the event loop: publisher confirms on a robust connection for the
+API, and for the consumer a plain connection that the runner reconnects, with explicit acks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
+from aio_pika.exceptions import CONNECTION_EXCEPTIONS, AMQPConnectionError, DeliveryError, PublishError
+
+from ...messages import CONTENT_TYPE, TaskMessage, encode
+from ...runner_asynchronous import keep_connected
+from ..base import BrokerUnavailable, Delivery, text_headers
+from .topology import dead_letter_headers, queue_arguments, retried_headers, retries_of
+
+if TYPE_CHECKING:
+    from ...settings import Settings
+
+logger = logging.getLogger(__name__)
+
+# The client logs every reconnect attempt at length; ours say it once.
+CLIENT_LOGGERS = ("aio_pika", "aiormq")
+
+ERRORS: tuple[type[BaseException], ...] = (TimeoutError, DeliveryError, PublishError, *CONNECTION_EXCEPTIONS)
+PERSISTENT = aio_pika.DeliveryMode.PERSISTENT
+
+
+async def open_channel(connection: AbstractConnection) -> AbstractChannel:
+    # on_return_raises: a message no queue takes fails its publish instead of being confirmed.
+    return await connection.channel(publisher_confirms=True, on_return_raises=True)
+
+
+async def declare_topology(channel: AbstractChannel, settings: Settings) -> AbstractQueue:
+    """Idempotent: the dead-letter queue, then the task queue that dead-letters into it."""
+    await channel.declare_queue(settings.dead_letter_queue, durable=True)
+    return await channel.declare_queue(settings.queue_name, durable=True, arguments=queue_arguments(settings))
+
+
+def current_task_cancelled() -> bool:
+    """True when a CancelledError is meant for this task (a timeout, shutdown), not one a client raised
+    because it dropped its own pending futures on a closing connection."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+class BrokerPublisher:
+    """Publishes with confirms on one robust channel; each publish is bounded by a timeout."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._stopping = asyncio.Event()
+        self._connection: aio_pika.abc.AbstractRobustConnection | None = None
+        self._channel: AbstractChannel | None = None
+        self._connecting: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        what = f"publisher ({self._settings.broker_address})"
+        connecting = keep_connected(self._session, self._stopping, ERRORS, what)
+        self._connecting = asyncio.create_task(connecting, name="broker-publisher-connect")
+
+    async def _session(self, connected: Callable[[], None]) -> None:
+        """Connect once; from then on the robust connection reconnects (and re-declares) by itself."""
+        connection = await aio_pika.connect_robust(
+            self._settings.broker_url,
+            heartbeat=self._settings.heartbeat_seconds,
+            timeout=self._settings.publish_timeout_seconds,
+            client_properties={"connection_name": "publisher"},
+        )
+        try:
+            channel = await open_channel(connection)
+            await declare_topology(channel, self._settings)
+        except BaseException:
+            await connection.close()
+            raise
+        self._connection, self._channel = connection, channel
+        connected()
+        logger.info("publisher connected to %s", self._settings.broker_address)
+        await self._stopping.wait()
+
+    def _ready_channel(self) -> AbstractChannel:
+        channel = self._channel
+        if channel is None or channel.is_closed or self._connection is None or self._connection.is_closed:
+            raise BrokerUnavailable(f"not connected to RabbitMQ at {self._settings.broker_address}")
+        return channel
+
+    async def publish(self, message: TaskMessage, headers: Mapping[str, str]) -> None:
+        channel = self._ready_channel()
+        outgoing = aio_pika.Message(
+            encode(message),
+            content_type=CONTENT_TYPE,
+            delivery_mode=PERSISTENT,  # aio-pika's default is transient
+            message_id=message.id,
+            type=message.type,
+            headers=dict(headers),
+        )
+        try:
+            await channel.default_exchange.publish(
+                outgoing,
+                routing_key=self._settings.queue_name,
+                mandatory=True,
+                timeout=self._settings.publish_timeout_seconds,
+            )
+        except (DeliveryError, PublishError) as error:
+            raise BrokerUnavailable(f"RabbitMQ refused the message: {error!r}") from error
+        except (TimeoutError, *CONNECTION_EXCEPTIONS) as error:
+            raise BrokerUnavailable(f"RabbitMQ did not confirm the message: {error!r}") from error
+        except asyncio.CancelledError as error:
+            if current_task_cancelled():
+                raise  # our caller gave up: a timeout, or shutdown
+            # aiormq cancels the confirms it still awaits when it closes a connection (e.g. a stuck one).
+            raise BrokerUnavailable("the connection closed before RabbitMQ confirmed the message") from error
+
+    async def ping(self) -> None:
+        channel = self._ready_channel()
+        try:
+            # The underlying channel: the robust one answers a passive declare from its cache.
+            underlay = await channel.get_underlay_channel()
+            await underlay.queue_declare(self._settings.queue_name, passive=True)
+        except (TimeoutError, *CONNECTION_EXCEPTIONS) as error:
+            raise BrokerUnavailable(f"RabbitMQ did not answer: {error!r}") from error
+
+    async def close(self) -> None:
+        self._stopping.set()
+        if self._connecting is not None:
+            await self._connecting
+        if self._connection is not None:
+            await self._connection.close()
+
+
+class BrokerTransport:
+    """The consumer's side: a plain connection (the runner reconnects it) and a consumer whose
+    deliveries wait in a local queue, bounded by the prefetch, until the runner fetches them."""
+
+    errors = ERRORS
+    retry_in_place = False  # a retry is republished to the back of the queue
+    finish_unstarted = False  # what is not acknowledged goes back to the queue as the connection closes
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self.capacity = settings.prefetch_count  # the broker sends no more than the prefetch anyway
+        self._connection: AbstractConnection | None = None
+        self._channel: AbstractChannel | None = None
+        self._queue: AbstractQueue | None = None
+        self._consumer_tag: str | None = None
+        # Delivered, not yet fetched; None: the connection closed.
+        self._received: asyncio.Queue[AbstractIncomingMessage | None] = asyncio.Queue()
+
+    async def open(self) -> str:
+        self._received = asyncio.Queue()
+        self._connection = await aio_pika.connect(
+            self._settings.broker_url,
+            heartbeat=self._settings.heartbeat_seconds,
+            timeout=self._settings.publish_timeout_seconds,
+            client_properties={"connection_name": "consumer"},
+        )
+        self._connection.close_callbacks.add(self._on_close)
+        self._channel = await open_channel(self._connection)
+        await self._channel.set_qos(prefetch_count=self._settings.prefetch_count)
+        self._queue = await declare_topology(self._channel, self._settings)
+        self._consumer_tag = await self._queue.consume(self._received.put, no_ack=False)
+        return f"{self._settings.queue_name!r} from {self._settings.broker_address}"
+
+    def _on_close(self, *_: Any) -> None:
+        self._received.put_nowait(None)  # wakes a fetch that waits
+
+    async def fetch(self, max_count: int, wait_seconds: float) -> list[Delivery]:
+        try:
+            first = await asyncio.wait_for(self._received.get(), wait_seconds)
+        except TimeoutError:
+            return []
+        messages = [first]
+        while len(messages) < max_count and not self._received.empty():
+            messages.append(self._received.get_nowait())
+        if None in messages:
+            raise AMQPConnectionError("the consumer's connection closed")
+        return [self._delivery(message) for message in messages if message is not None]
+
+    @staticmethod
+    def _delivery(message: AbstractIncomingMessage) -> Delivery:
+        headers = message.headers or {}
+        return Delivery(message.body, text_headers(headers.items()), retries_of(headers), message)
+
+    async def unsubscribe(self) -> int:
+        """Take no new messages; those delivered but not fetched go back to the queue on close."""
+        if self._queue is not None and self._consumer_tag is not None:
+            await self._queue.cancel(self._consumer_tag, timeout=self._settings.publish_timeout_seconds)
+        self._consumer_tag = None
+        returned = self._received.qsize()
+        self._received = asyncio.Queue()
+        return returned
+
+    async def ack(self, deliveries: Sequence[Delivery]) -> None:
+        for delivery in deliveries:
+            await delivery.handle.ack()
+
+    async def retry(self, delivery: Delivery) -> None:
+        headers = retried_headers(delivery.handle.headers, delivery.retries)
+        await self._republish(self._settings.queue_name, delivery, headers)
+
+    async def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        headers = dead_letter_headers(delivery.handle.headers, reason)
+        await self._republish(self._settings.dead_letter_queue, delivery, headers)
+
+    async def _republish(self, routing_key: str, delivery: Delivery, headers: Mapping[str, Any]) -> None:
+        """A confirmed publish of the original body, then the original's ack."""
+        message: AbstractIncomingMessage = delivery.handle
+        if self._channel is None:
+            raise AMQPConnectionError("the consumer's channel is closed")
+        copy = aio_pika.Message(
+            message.body,
+            content_type=message.content_type or CONTENT_TYPE,
+            delivery_mode=PERSISTENT,
+            message_id=message.message_id,
+            type=message.type,
+            timestamp=message.timestamp,
+            headers=dict(headers),
+        )
+        await self._channel.default_exchange.publish(
+            copy, routing_key=routing_key, mandatory=True, timeout=self._settings.publish_timeout_seconds
+        )
+        await message.ack()
+
+    async def close(self) -> None:
+        connection, self._connection = self._connection, None
+        self._channel = self._queue = self._consumer_tag = None
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                await connection.close()

@@ -1,0 +1,108 @@
+"""Redis Streams with redis.asyncio in the event loop: the publisher awaits XADD; the consumer's
+transport speaks streams.py's conversations, awaiting each round trip. A fetch is never
+cancelled in the middle of a command: the runner checks for a stop between short blocking reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import redis.asyncio as redis
+from redis.asyncio.retry import Retry
+from redis.exceptions import RedisError
+
+from ...messages import TaskMessage, encode
+from ..base import BrokerUnavailable, Delivery
+from .streams import (
+    CLIENT_LOGGERS,
+    Batch,
+    Steps,
+    StreamConsumer,
+    advance,
+    client_options,
+    pipeline_of,
+    publish_fields,
+    retry_backoff,
+)
+
+if TYPE_CHECKING:
+    from ...settings import Settings
+
+__all__ = ["CLIENT_LOGGERS", "BrokerPublisher", "BrokerTransport"]
+
+
+def make_client(settings: Settings, name: str) -> redis.Redis:
+    return redis.Redis.from_url(settings.broker_url, retry=Retry(retry_backoff(), 2), **client_options(name))
+
+
+async def drive(client: redis.Redis, steps: Steps[Any]) -> Any:
+    """Carry a conversation of streams.py to Redis, one awaited round trip per batch."""
+    step = advance(steps, None)
+    while isinstance(step, Batch):
+        step = advance(steps, await pipeline_of(client, step).execute(raise_on_error=step.raise_on_error))
+    return step.value
+
+
+class BrokerPublisher:
+    """XADD; 202 only after Redis replied."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._client = make_client(settings, "publisher")
+
+    async def start(self) -> None:
+        """Nothing to do: connections are made on first use, and the consumers declare the group."""
+
+    async def publish(self, message: TaskMessage, headers: Mapping[str, str]) -> None:
+        fields = publish_fields(encode(message), headers)
+        try:
+            await self._client.xadd(self._settings.queue_name, fields)
+        except RedisError as error:
+            raise BrokerUnavailable(f"Redis at {self._settings.broker_address} failed: {error!r}") from error
+
+    async def ping(self) -> None:
+        try:
+            await self._client.ping()
+        except RedisError as error:
+            raise BrokerUnavailable(f"Redis at {self._settings.broker_address} failed: {error!r}") from error
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+class BrokerTransport:
+    """The consumer's side: one named consumer of the group, driven by the runner's task."""
+
+    errors: tuple[type[BaseException], ...] = (RedisError,)
+    retry_in_place = False  # a retry stays pending, and is claimed again once idle
+    finish_unstarted = True  # what is left pending is claimed again only after CLAIM_IDLE_SECONDS
+
+    def __init__(self, settings: Settings) -> None:
+        self._stream = StreamConsumer(settings)
+        self._client = make_client(settings, f"consumer:{settings.consumer_name}")
+        self.capacity = settings.prefetch_count
+
+    async def open(self) -> str:
+        await drive(self._client, self._stream.declare())
+        return self._stream.describe()
+
+    async def fetch(self, max_count: int, wait_seconds: float) -> list[Delivery]:
+        deliveries: list[Delivery] = await drive(self._client, self._stream.fetch(max_count, wait_seconds))
+        return deliveries
+
+    async def unsubscribe(self) -> int:
+        return 0  # nothing is delivered before it is read
+
+    async def ack(self, deliveries: Sequence[Delivery]) -> None:
+        await drive(self._client, self._stream.ack(list(deliveries)))
+
+    async def retry(self, delivery: Delivery) -> None:
+        self._stream.retry(delivery)
+
+    async def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        await drive(self._client, self._stream.dead_letter(delivery, reason))
+
+    async def close(self) -> None:
+        """Drop the connections (the next session makes new ones); what is in hand stays pending."""
+        await self._client.aclose()

@@ -1,0 +1,218 @@
+"""Redis Streams for both consumer styles, written once: what a consumer says to Redis and
+what it makes of the replies. Each conversation is a generator that yields the commands to
+send (a `Batch`, one round trip) and receives their replies; the module of the consumer style
+only carries the batches to its client, blocking or awaited."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Generator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+from redis.backoff import ExponentialBackoff
+from redis.typing import EncodableT, FieldT
+
+from ..base import Delivery, text_headers
+
+if TYPE_CHECKING:
+    from ...settings import Settings
+
+T = TypeVar("T")
+Fields = dict[FieldT, EncodableT]
+Entry = tuple[bytes, dict[bytes, bytes] | None]  # an entry's fields are None once it was deleted
+
+BODY_FIELD = b"body"
+IDLE_BLOCK_MILLISECONDS = 1000  # XREADGROUP's longest wait; shorter than the socket timeout
+# The client logs every reconnect attempt at length; ours say it once.
+CLIENT_LOGGERS = ("redis",)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Commands for one round trip: (method name, arguments, keyword arguments) of redis-py's client."""
+
+    calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]]
+    transaction: bool = False  # MULTI/EXEC: all or nothing
+    raise_on_error: bool = True  # False: an error reply comes back as the exception, in its place
+
+
+@dataclass(frozen=True)
+class Done:
+    value: Any
+
+
+Steps = Generator[Batch, list[Any], T]
+
+
+def call(name: str, *args: Any, **kwargs: Any) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
+    return name, args, kwargs
+
+
+def advance(steps: Steps[Any], replies: list[Any] | None) -> Batch | Done:
+    """The conversation's next batch, given the replies to the last one (None to begin)."""
+    try:
+        return steps.send(replies) if replies is not None else next(steps)
+    except StopIteration as finished:
+        return Done(finished.value)
+
+
+def pipeline_of(client: Any, batch: Batch) -> Any:
+    """The batch queued on a pipeline of `client`, sync or asyncio alike; the caller executes it."""
+    pipeline = client.pipeline(transaction=batch.transaction)
+    for name, args, kwargs in batch.calls:
+        getattr(pipeline, name)(*args, **kwargs)
+    return pipeline
+
+
+def client_options(name: str) -> dict[str, Any]:
+    """Connection options of every client, sync or asyncio (each adds its own `retry`)."""
+    return {
+        "socket_timeout": 5.0,
+        "socket_connect_timeout": 2.0,
+        "socket_keepalive": True,
+        "health_check_interval": 30,
+        "client_name": name,
+    }
+
+
+def retry_backoff() -> ExponentialBackoff:
+    """A couple of quick retries on a dropped connection; the consumer loops back off for longer."""
+    return ExponentialBackoff(cap=0.5, base=0.05)
+
+
+def publish_fields(body: bytes, headers: Mapping[str, str]) -> Fields:
+    """The JSON in `body`; each header in a field of its own."""
+    fields: Fields = {key.encode(): value.encode() for key, value in headers.items()}
+    fields[BODY_FIELD] = body
+    return fields
+
+
+def dead_letter_fields(fields: Mapping[bytes, bytes], entry_id: bytes, reason: str, deliveries: int) -> Fields:
+    """The original body, untouched, with why and where it came from."""
+    return {
+        BODY_FIELD: fields.get(BODY_FIELD, b""),
+        b"reason": reason.encode(),
+        b"source_id": entry_id,
+        b"deliveries": str(deliveries).encode(),
+    }
+
+
+def entries_of(response: Any) -> list[Entry]:
+    """The entries of an XREADGROUP reply for one stream (redis-py types it loosely)."""
+    return [entry for _, entries in cast("list[tuple[bytes, list[Entry]]]", response or []) for entry in entries]
+
+
+@dataclass
+class StreamConsumer:
+    """One named consumer of the group: what it holds, and where it is in its own pending list."""
+
+    settings: Settings
+    in_hand: set[bytes] = field(default_factory=set)  # fetched, not yet settled
+    own_pending: bytes | None = b"0"  # after a (re)connect, first finish our own pending list
+    next_claim: float = 0.0
+
+    @property
+    def stream(self) -> str:
+        return self.settings.queue_name
+
+    @property
+    def group(self) -> str:
+        return self.settings.consumer_group
+
+    @property
+    def name(self) -> str:
+        return self.settings.consumer_name
+
+    def describe(self) -> str:
+        return f"{self.stream!r} as {self.name!r} in group {self.group!r}"
+
+    def declare(self) -> Steps[None]:
+        """Idempotent: the stream and the group; a new group starts at the stream's first entry."""
+        self.in_hand.clear()
+        self.own_pending, self.next_claim = b"0", 0.0
+        [reply] = yield Batch(
+            [call("xgroup_create", self.stream, self.group, id="0", mkstream=True)], raise_on_error=False
+        )
+        if isinstance(reply, Exception) and "BUSYGROUP" not in str(reply):
+            raise reply
+
+    def fetch(self, max_count: int, wait_seconds: float) -> Steps[list[Delivery]]:
+        """Abandoned messages first (now and then), then our own pending list, then new ones."""
+        deliveries: list[Delivery] = []
+        if time.monotonic() >= self.next_claim:
+            deliveries = yield from self._reclaim(max_count)
+            self.next_claim = time.monotonic() + claim_interval(self.settings)
+        free = max_count - len(deliveries)
+        if free <= 0:
+            return deliveries
+        if self.own_pending is not None:
+            [reply] = yield Batch([call("xreadgroup", self.group, self.name, {self.stream: self.own_pending}, free)])
+            entries = entries_of(reply)
+            self.own_pending = entries[-1][0] if entries else None
+            deliveries += yield from self._delivered(entries)
+        else:
+            block = max(1, min(IDLE_BLOCK_MILLISECONDS, int(wait_seconds * 1000)))
+            [reply] = yield Batch([call("xreadgroup", self.group, self.name, {self.stream: ">"}, free, block)])
+            deliveries += [self._delivery(entry, 1) for entry in entries_of(reply)]
+        return deliveries
+
+    def _reclaim(self, free: int) -> Steps[list[Delivery]]:
+        """Keep our own long handlers from looking abandoned; take over what others abandoned."""
+        calls = []
+        if self.in_hand:
+            # JUSTID: resets the idle time without counting a delivery.
+            calls.append(call("xclaim", self.stream, self.group, self.name, 0, sorted(self.in_hand), justid=True))
+        idle_ms = int(self.settings.claim_idle_seconds * 1000)
+        calls.append(call("xautoclaim", self.stream, self.group, self.name, idle_ms, "0-0", count=free))
+        replies = yield Batch(calls)
+        _, claimed, *_ = replies[-1]
+        entries = [(entry_id, fields) for entry_id, fields in claimed if entry_id not in self.in_hand]
+        return (yield from self._delivered(entries))
+
+    def _delivered(self, entries: list[Entry]) -> Steps[list[Delivery]]:
+        """Deliveries for entries read again, with how often each was delivered (the pending list's count)."""
+        if not entries:
+            return []
+        replies = yield Batch(
+            [call("xpending_range", self.stream, self.group, entry_id, entry_id, 1) for entry_id, _ in entries]
+        )
+        return [
+            self._delivery(entry, int(pending[0]["times_delivered"]) if pending else 1)
+            for entry, pending in zip(entries, replies, strict=True)
+        ]
+
+    def _delivery(self, entry: Entry, deliveries: int) -> Delivery:
+        entry_id, fields = entry
+        fields = fields or {}
+        self.in_hand.add(entry_id)
+        headers = text_headers((key, value) for key, value in fields.items() if key != BODY_FIELD)
+        extra = {"fields": fields, "deliveries": deliveries}
+        return Delivery(fields.get(BODY_FIELD, b""), headers, deliveries - 1, entry_id, extra=extra)
+
+    def ack(self, deliveries: list[Delivery]) -> Steps[None]:
+        if deliveries:
+            ids = [delivery.handle for delivery in deliveries]
+            self.in_hand.difference_update(ids)
+            yield Batch([call("xack", self.stream, self.group, *ids)])
+
+    def retry(self, delivery: Delivery) -> None:
+        """Left pending: it is delivered again once it has been idle for CLAIM_IDLE_SECONDS."""
+        self.in_hand.discard(delivery.handle)
+
+    def dead_letter(self, delivery: Delivery, reason: str) -> Steps[None]:
+        """The dead letter written and the original acknowledged, together or not at all."""
+        self.in_hand.discard(delivery.handle)
+        fields = dead_letter_fields(delivery.extra["fields"], delivery.handle, reason, delivery.extra["deliveries"])
+        yield Batch(
+            [
+                call("xadd", self.settings.dead_letter_queue, fields),
+                call("xack", self.stream, self.group, delivery.handle),
+            ],
+            transaction=True,
+        )
+
+
+def claim_interval(settings: Settings) -> float:
+    """How often to look for messages abandoned by dead consumers, and to refresh our own."""
+    return max(0.1, min(5.0, settings.claim_idle_seconds / 3))

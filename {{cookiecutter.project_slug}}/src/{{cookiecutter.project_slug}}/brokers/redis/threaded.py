@@ -1,0 +1,115 @@
+"""Redis Streams with the synchronous redis-py client: the publisher sends XADD from a small
+thread pool; the consumer's transport speaks streams.py's conversations from the runner's thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+import redis
+from redis.retry import Retry
+
+from ...messages import TaskMessage, encode
+from ..base import BrokerUnavailable, Delivery
+from .streams import (
+    CLIENT_LOGGERS,
+    Batch,
+    Steps,
+    StreamConsumer,
+    advance,
+    client_options,
+    pipeline_of,
+    publish_fields,
+    retry_backoff,
+)
+
+if TYPE_CHECKING:
+    from ...settings import Settings
+
+__all__ = ["CLIENT_LOGGERS", "BrokerPublisher", "BrokerTransport"]
+
+
+def make_client(settings: Settings, name: str) -> redis.Redis:
+    return redis.Redis.from_url(settings.broker_url, retry=Retry(retry_backoff(), 2), **client_options(name))
+
+
+def drive(client: redis.Redis, steps: Steps[Any]) -> Any:
+    """Carry a conversation of streams.py to Redis, one blocking round trip per batch."""
+    step = advance(steps, None)
+    while isinstance(step, Batch):
+        step = advance(steps, pipeline_of(client, step).execute(raise_on_error=step.raise_on_error))
+    return step.value
+
+
+class BrokerPublisher:
+    """XADD from a small thread pool; 202 only after Redis replied."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._client = make_client(settings, "publisher")
+        self._executor = ThreadPoolExecutor(16, thread_name_prefix="broker-publisher")
+
+    async def start(self) -> None:
+        """Nothing to do: connections are made on first use, and the consumers declare the group."""
+
+    async def _call(self, function: functools.partial[Any]) -> Any:
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, function)
+        except redis.RedisError as error:
+            raise BrokerUnavailable(f"Redis at {self._settings.broker_address} failed: {error!r}") from error
+
+    async def publish(self, message: TaskMessage, headers: Mapping[str, str]) -> None:
+        fields = publish_fields(encode(message), headers)
+        await self._call(functools.partial(self._client.xadd, self._settings.queue_name, fields))
+
+    async def ping(self) -> None:
+        await self._call(functools.partial(self._client.ping))
+
+    async def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._client.close()
+
+
+class BrokerTransport:
+    """The consumer's side: one named consumer of the group, driven by the runner's thread."""
+
+    errors: tuple[type[BaseException], ...] = (redis.RedisError,)
+    retry_in_place = False  # a retry stays pending, and is claimed again once idle
+    finish_unstarted = True  # what is left pending is claimed again only after CLAIM_IDLE_SECONDS
+
+    def __init__(self, settings: Settings) -> None:
+        self._stream = StreamConsumer(settings)
+        self._client = make_client(settings, f"consumer:{settings.consumer_name}")
+        # No more in hand than threads to run them: what waits unstarted would stay pending on shutdown.
+        self.capacity = min(settings.prefetch_count, settings.handler_threads)
+
+    def open(self) -> str:
+        drive(self._client, self._stream.declare())
+        return self._stream.describe()
+
+    def fetch(self, max_count: int, wait_seconds: float) -> list[Delivery]:
+        deliveries: list[Delivery] = drive(self._client, self._stream.fetch(max_count, wait_seconds))
+        return deliveries
+
+    def pump(self) -> None:
+        """Nothing to serve: redis-py has no background I/O."""
+
+    def unsubscribe(self) -> int:
+        return 0  # nothing is delivered before it is read
+
+    def ack(self, deliveries: Sequence[Delivery]) -> None:
+        drive(self._client, self._stream.ack(list(deliveries)))
+
+    def retry(self, delivery: Delivery) -> None:
+        self._stream.retry(delivery)
+
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        drive(self._client, self._stream.dead_letter(delivery, reason))
+
+    def close(self) -> None:
+        """Drop the connections (the next session makes new ones); what is in hand stays pending."""
+        self._client.close()

@@ -1,0 +1,267 @@
+"""The consumer for every broker, written once: an asyncio task that owns the broker's transport,
+a task per message in hand, and the rules for reconnecting, holding, settling and draining.
+Brokers supply only a `Transport` (brokers/<broker>/asynchronous.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from typing import TYPE_CHECKING, Protocol
+
+from .brokers.base import Backoff, Delivery
+from .processing import Outcome, Processor, Verdict
+from .runner_base import OutageLog, describe, log_stopped
+from .settlement import retry_pause, settlement
+
+if TYPE_CHECKING:
+    from .settings import Settings
+
+logger = logging.getLogger(__name__)
+
+IDLE_FETCH_SECONDS = 1.0  # how long a fetch waits for a message; the loop checks for a stop between fetches
+JOIN_MARGIN_SECONDS = 5.0  # over the shutdown timeout, for closing the connection
+
+
+class Transport(Protocol):
+    """What one broker supplies: its connection, and its own bookkeeping (retry counts, offsets).
+    Every method but `close` may raise one of `errors`."""
+
+    errors: tuple[type[BaseException], ...]  # the connection is gone: the runner reconnects
+    retry_in_place: bool  # the broker cannot hold a retry: the runner retries in the same lane
+    capacity: int  # the most deliveries in hand at once
+    finish_unstarted: bool  # on stop, handle what was fetched but not started: the broker would hold it back
+
+    async def open(self) -> str:
+        """Connect, declare, subscribe; return what is consumed, for the log."""
+
+    async def fetch(self, max_count: int, wait_seconds: float) -> list[Delivery]:
+        """Up to `max_count` deliveries; waits up to `wait_seconds` for the first."""
+
+    async def unsubscribe(self) -> int:
+        """Take no new messages (those in hand can still be settled); return how many fetched
+        ones it gave back unhandled."""
+
+    async def ack(self, deliveries: Sequence[Delivery]) -> None: ...
+
+    async def retry(self, delivery: Delivery) -> None:
+        """Have the broker deliver it again with one retry more; settles the original."""
+
+    async def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        """Move it to the dead letters with the reason; settles the original."""
+
+    async def close(self) -> None:
+        """Disconnect; what is not settled comes back to a consumer. Never raises."""
+
+
+async def sleep_unless_stopping(stopping: asyncio.Event, delay: float) -> bool:
+    """Sleep for `delay` seconds, or less if `stopping` is set meanwhile; True if it was."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stopping.wait(), delay)
+    return stopping.is_set()
+
+
+async def keep_connected(
+    session: Callable[[Callable[[], None]], Awaitable[None]],
+    stopping: asyncio.Event,
+    errors: tuple[type[BaseException], ...],
+    what: str,
+) -> None:
+    """Run `session` until `stopping` is set; when it fails, wait a jittered backoff and run it
+    again. `session` calls its argument once connected. The broker's errors are an outage, said
+    a few times a minute at most; any other error is a bug, logged with its traceback, and the
+    loop carries on."""
+    backoff = Backoff()
+    outage = OutageLog(what)
+
+    def connected() -> None:
+        backoff.reset()
+        outage.connected()
+
+    while not stopping.is_set():
+        try:
+            await session(connected)
+        except errors as error:
+            outage.failed(error)
+        except Exception:
+            logger.exception("%s failed unexpectedly; starting over", what)
+        await sleep_unless_stopping(stopping, backoff.next_delay())
+
+
+class Runner:
+    """A Consumer: consumes as an asyncio task that owns the transport; each message in hand is a task."""
+
+    def __init__(self, transport: Transport, processor: Processor, settings: Settings) -> None:
+        self._transport = transport
+        self._processor = processor
+        self._settings = settings
+        self._stopping = asyncio.Event()
+        self._consuming = False
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="broker-consumer")
+
+    def is_running(self) -> bool:
+        return self._consuming and self._task is not None and not self._task.done()
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._task is None:
+            return
+        bound = self._settings.shutdown_timeout_seconds + IDLE_FETCH_SECONDS + JOIN_MARGIN_SECONDS
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), bound)
+        except TimeoutError:
+            logger.warning("the consumer did not stop within %.0f s; cancelling it", bound)
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        what = f"consumer ({self._settings.broker_address})"
+        await keep_connected(self._session, self._stopping, self._transport.errors, what)
+
+    async def _session(self, connected: Callable[[], None]) -> None:
+        """One connection: consume until stopping (then drain) or until the connection fails."""
+        in_hand = InHand(self._handle)
+        try:
+            source = await self._transport.open()
+            connected()
+            self._consuming = True
+            logger.info("consuming %s", source)
+            while not self._stopping.is_set():
+                await self._step(in_hand)
+            await self._drain(in_hand)
+        finally:
+            self._consuming = False
+            in_hand.cancel()  # after a lost connection: what is in hand is delivered again anyway
+            await self._transport.close()
+
+    async def _step(self, in_hand: InHand) -> None:
+        """Take what there is room for, or wait until there is room."""
+        if in_hand.lane_broken:
+            raise RuntimeError("a message of an ordered lane was not settled; reading it again from the broker")
+        free = self._transport.capacity - len(in_hand)
+        if free <= 0:
+            await in_hand.wait_for_room(IDLE_FETCH_SECONDS, self._stopping)
+            return
+        for delivery in await self._transport.fetch(free, IDLE_FETCH_SECONDS):
+            in_hand.add(delivery)
+
+    async def _handle(self, delivery: Delivery) -> bool:
+        """Process, then settle; False when the message was left unsettled (it is delivered again)."""
+        while True:
+            verdict = await self._processor.process(delivery.body, delivery.retries, delivery.headers)
+            if verdict.outcome is not Outcome.RETRIED or not self._transport.retry_in_place:
+                break
+            if await sleep_unless_stopping(self._stopping, retry_pause(delivery.retries + 1)):
+                return False
+            delivery = dataclasses.replace(delivery, retries=delivery.retries + 1)
+        try:
+            await self._settle([(delivery, verdict)])
+        except self._transport.errors as error:
+            logger.warning("could not settle a message; it will be delivered again: %s", describe(error))
+            return False
+        return True
+
+    async def _settle(self, finished: list[tuple[Delivery, Verdict]]) -> None:
+        plan = settlement(finished)
+        for delivery in plan.retries:
+            await self._transport.retry(delivery)
+        for delivery, reason in plan.dead_letters:
+            await self._transport.dead_letter(delivery, reason)
+        if plan.acks:
+            await self._transport.ack(plan.acks)
+
+    async def _drain(self, in_hand: InHand) -> None:
+        """Take nothing new; finish what runs; leave the rest unsettled, so the broker delivers it again."""
+        unstarted = await self._transport.unsubscribe()
+        if not self._transport.finish_unstarted:
+            unstarted += in_hand.drop_waiting()
+        held = len(in_hand)
+        await in_hand.wait_empty(time.monotonic() + self._settings.shutdown_timeout_seconds)
+        interrupted = in_hand.cancel()  # neither acked nor rejected: the broker delivers them again
+        log_stopped(held - interrupted, unstarted, interrupted)
+
+
+class InHand:
+    """The deliveries one connection holds, from fetch to settle, each handled in a task; the
+    deliveries of one lane one at a time, in the order they came."""
+
+    def __init__(self, handle: Callable[[Delivery], Awaitable[bool]]) -> None:
+        self._handle = handle
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._lanes: dict[Hashable, collections.deque[Delivery]] = {}  # lanes busy, with what waits in each
+        self._count = 0
+        self._room = asyncio.Event()
+        self.lane_broken = False  # a lane lost a message unsettled: nothing after it may be settled
+
+    def __len__(self) -> int:
+        return self._count
+
+    def add(self, delivery: Delivery) -> None:
+        self._count += 1
+        lane = delivery.lane
+        if lane is not None:
+            if lane in self._lanes:
+                self._lanes[lane].append(delivery)
+                return
+            self._lanes[lane] = collections.deque()
+        task = asyncio.create_task(self._run(delivery))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, delivery: Delivery | None) -> None:
+        """One delivery, then the rest of its lane."""
+        while delivery is not None:
+            try:
+                settled = await self._handle(delivery)
+            finally:
+                self._count -= 1
+                self._room.set()
+            delivery = self._next_in_lane(delivery.lane, failed=not settled)
+
+    def _next_in_lane(self, lane: Hashable | None, failed: bool) -> Delivery | None:
+        if lane is None:
+            return None
+        waiting = self._lanes[lane]
+        if failed:
+            # Not settled: what came after it in the lane must not be settled before it is delivered again.
+            self._count -= len(waiting)
+            waiting.clear()
+            self.lane_broken = True
+        if waiting:
+            return waiting.popleft()
+        del self._lanes[lane]
+        return None
+
+    async def wait_for_room(self, wait_seconds: float, stopping: asyncio.Event) -> None:
+        """Until a delivery is settled, or `stopping` is set, for `wait_seconds` at most."""
+        self._room.clear()
+        waits = {asyncio.ensure_future(self._room.wait()), asyncio.ensure_future(stopping.wait())}
+        _, pending = await asyncio.wait(waits, timeout=wait_seconds, return_when=asyncio.FIRST_COMPLETED)
+        for waiting in pending:
+            waiting.cancel()
+
+    def drop_waiting(self) -> int:
+        """Drop what waits in a lane, unstarted; return how many."""
+        dropped = sum(len(waiting) for waiting in self._lanes.values())
+        for waiting in self._lanes.values():
+            waiting.clear()
+        self._count -= dropped
+        return dropped
+
+    async def wait_empty(self, deadline: float) -> None:
+        while self._tasks and time.monotonic() < deadline:
+            await asyncio.wait(set(self._tasks), timeout=deadline - time.monotonic())
+
+    def cancel(self) -> int:
+        """Cancel every task still running; return how many deliveries they held."""
+        held = self._count
+        for task in self._tasks:
+            task.cancel()
+        return held

@@ -1,0 +1,273 @@
+"""The consumer for every broker, written once: a thread that owns the broker's transport, a pool
+that runs handlers, and the rules for reconnecting, holding, settling and draining messages.
+Brokers supply only a `Transport` (brokers/<broker>/threaded.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Protocol
+
+from .brokers.base import Backoff, Delivery
+from .processing import Outcome, Processor, Verdict
+from .runner_base import OutageLog, log_stopped
+from .settlement import retry_pause, settlement
+
+if TYPE_CHECKING:
+    from .settings import Settings
+
+logger = logging.getLogger(__name__)
+
+IDLE_FETCH_SECONDS = 1.0  # how long a fetch waits for a message when nothing is in hand
+BUSY_FETCH_SECONDS = 0.01  # ... and while handlers run: their results are settled this soon
+JOIN_MARGIN_SECONDS = 5.0  # over the shutdown timeout, for closing the connection
+
+
+class Transport(Protocol):
+    """What one broker supplies: a connection owned by the consumer's thread, and its own
+    bookkeeping (retry counts, offsets). Every method but `close` may raise one of `errors`."""
+
+    errors: tuple[type[BaseException], ...]  # the connection is gone: the runner reconnects
+    retry_in_place: bool  # the broker cannot hold a retry: the runner retries in the same lane
+    capacity: int  # the most deliveries in hand at once
+    finish_unstarted: bool  # on stop, handle what was fetched but not started: the broker would hold it back
+
+    def open(self) -> str:
+        """Connect, declare, subscribe; return what is consumed, for the log."""
+
+    def fetch(self, max_count: int, wait_seconds: float) -> list[Delivery]:
+        """Up to `max_count` deliveries; waits up to `wait_seconds` for the first."""
+
+    def pump(self) -> None:
+        """Serve the connection (heartbeats, delivery reports) without taking messages."""
+
+    def unsubscribe(self) -> int:
+        """Take no new messages (those in hand can still be settled); return how many fetched
+        ones it gave back unhandled."""
+
+    def ack(self, deliveries: Sequence[Delivery]) -> None: ...
+
+    def retry(self, delivery: Delivery) -> None:
+        """Have the broker deliver it again with one retry more; settles the original."""
+
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        """Move it to the dead letters with the reason; settles the original."""
+
+    def close(self) -> None:
+        """Disconnect; what is not settled comes back to a consumer. Never raises."""
+
+
+def keep_connected(
+    session: Callable[[Callable[[], None]], None],
+    stopping: threading.Event,
+    errors: tuple[type[BaseException], ...],
+    what: str,
+) -> None:
+    """Run `session` until `stopping` is set; when it fails, wait a jittered backoff and run it
+    again. `session` calls its argument once connected. The broker's errors are an outage, said
+    a few times a minute at most; any other error is a bug, logged with its traceback, and the
+    loop carries on."""
+    backoff = Backoff()
+    outage = OutageLog(what)
+
+    def connected() -> None:
+        backoff.reset()
+        outage.connected()
+
+    while not stopping.is_set():
+        try:
+            session(connected)
+        except errors as error:
+            outage.failed(error)
+        except Exception:
+            logger.exception("%s failed unexpectedly; starting over", what)
+        stopping.wait(backoff.next_delay())
+
+
+class Runner:
+    """A Consumer: consumes in a background thread that owns the transport; handlers run in a pool."""
+
+    def __init__(self, transport: Transport, processor: Processor, settings: Settings) -> None:
+        self._transport = transport
+        self._processor = processor
+        self._settings = settings
+        self._stopping = threading.Event()
+        self._consuming = threading.Event()
+        self._pool = ThreadPoolExecutor(settings.handler_threads, thread_name_prefix="handler")
+        self._thread = threading.Thread(target=self._run, name="broker-consumer", daemon=True)
+
+    async def start(self) -> None:
+        self._thread.start()
+
+    def is_running(self) -> bool:
+        return self._consuming.is_set() and self._thread.is_alive()
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._thread.is_alive():
+            bound = self._settings.shutdown_timeout_seconds + JOIN_MARGIN_SECONDS
+            await asyncio.to_thread(self._thread.join, bound)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _run(self) -> None:
+        what = f"consumer ({self._settings.broker_address})"
+        keep_connected(self._session, self._stopping, self._transport.errors, what)
+
+    def _session(self, connected: Callable[[], None]) -> None:
+        """One connection: consume until stopping (then drain) or until the connection fails."""
+        try:
+            source = self._transport.open()
+            connected()
+            self._consuming.set()
+            logger.info("consuming %s", source)
+            in_hand = InHand(self._pool, self._handle)
+            while not self._stopping.is_set():
+                self._step(in_hand)
+            self._drain(in_hand)
+        finally:
+            self._consuming.clear()
+            self._transport.close()
+
+    def _step(self, in_hand: InHand) -> None:
+        """Settle what finished, then take what there is room for (or only serve the connection)."""
+        self._settle(in_hand.finished(0))
+        if in_hand.lane_broken:
+            raise RuntimeError("a message of an ordered lane was not settled; reading it again from the broker")
+        free = self._transport.capacity - len(in_hand)
+        if free <= 0:
+            self._settle(in_hand.finished(BUSY_FETCH_SECONDS))
+            self._transport.pump()
+            return
+        timeout = BUSY_FETCH_SECONDS if len(in_hand) else IDLE_FETCH_SECONDS
+        for delivery in self._transport.fetch(free, timeout):
+            in_hand.add(delivery)
+
+    def _settle(self, finished: list[tuple[Delivery, Verdict]]) -> None:
+        """In the consumer's thread, which owns the connection. A failure ends the connection:
+        what was not settled is delivered again."""
+        if not finished:
+            return
+        plan = settlement(finished)
+        for delivery in plan.retries:
+            self._transport.retry(delivery)
+        for delivery, reason in plan.dead_letters:
+            self._transport.dead_letter(delivery, reason)
+        self._transport.ack(plan.acks)
+
+    def _handle(self, delivery: Delivery) -> tuple[Delivery, Verdict] | None:
+        """Runs in a handler thread. None: stopped while waiting to retry in place, so not settled."""
+        while True:
+            verdict = self._processor.process(delivery.body, delivery.retries, delivery.headers)
+            if verdict.outcome is not Outcome.RETRIED or not self._transport.retry_in_place:
+                return delivery, verdict
+            if self._stopping.wait(retry_pause(delivery.retries + 1)):
+                return None
+            delivery = dataclasses.replace(delivery, retries=delivery.retries + 1)
+
+    def _drain(self, in_hand: InHand) -> None:
+        """Take nothing new; finish what runs; leave the rest unsettled, so the broker delivers it again."""
+        unstarted = self._transport.unsubscribe()
+        if not self._transport.finish_unstarted:
+            unstarted += in_hand.cancel_unstarted()
+        finished = 0
+        deadline = time.monotonic() + self._settings.shutdown_timeout_seconds
+        while len(in_hand) and time.monotonic() < deadline:
+            done = in_hand.finished(BUSY_FETCH_SECONDS)
+            self._settle(done)
+            finished += len(done)
+            self._transport.pump()
+        log_stopped(finished, unstarted, len(in_hand))
+
+
+class InHand:
+    """The deliveries one connection holds, from fetch to settle. Used by the consumer's thread
+    only; handler threads just put their results on a queue. Deliveries of one lane run one at a
+    time, in the order they came."""
+
+    def __init__(self, pool: ThreadPoolExecutor, handle: Callable[[Delivery], tuple[Delivery, Verdict] | None]) -> None:
+        self._pool = pool
+        self._handle = handle
+        self._results: queue.SimpleQueue[tuple[Delivery, Future[tuple[Delivery, Verdict] | None]]] = queue.SimpleQueue()
+        self._running: dict[Delivery, Future[tuple[Delivery, Verdict] | None]] = {}
+        self._lanes: dict[Hashable, collections.deque[Delivery]] = {}  # lanes busy, with what waits in each
+        self._count = 0
+        self.lane_broken = False  # a lane lost a message unsettled: nothing after it may be settled
+
+    def __len__(self) -> int:
+        return self._count
+
+    def add(self, delivery: Delivery) -> None:
+        self._count += 1
+        lane = delivery.lane
+        if lane is not None:
+            if lane in self._lanes:
+                self._lanes[lane].append(delivery)
+                return
+            self._lanes[lane] = collections.deque()
+        self._submit(delivery)
+
+    def _submit(self, delivery: Delivery) -> None:
+        future = self._pool.submit(self._handle, delivery)
+        self._running[delivery] = future
+        future.add_done_callback(lambda done: self._results.put((delivery, done)))
+
+    def finished(self, timeout: float) -> list[tuple[Delivery, Verdict]]:
+        """What handlers finished, waiting up to `timeout` for the first; starts each lane's next."""
+        results = []
+        try:
+            results.append(self._results.get(timeout=timeout) if timeout else self._results.get_nowait())
+            while True:
+                results.append(self._results.get_nowait())
+        except queue.Empty:
+            pass
+        settled = []
+        for delivery, future in results:
+            self._count -= 1
+            del self._running[delivery]
+            outcome = self._outcome(delivery, future)
+            if outcome is not None:
+                settled.append(outcome)
+            self._next_in_lane(delivery.lane, failed=outcome is None)
+        return settled
+
+    def _outcome(
+        self, delivery: Delivery, future: Future[tuple[Delivery, Verdict] | None]
+    ) -> tuple[Delivery, Verdict] | None:
+        if future.cancelled():
+            return None
+        error = future.exception()
+        if error is not None:
+            # The processor never raises for a message; this is a bug, or the interpreter shutting down.
+            logger.error("processing crashed; the message will be delivered again", exc_info=error)
+            return None
+        return future.result()
+
+    def _next_in_lane(self, lane: Hashable | None, failed: bool) -> None:
+        if lane is None:
+            return
+        waiting = self._lanes[lane]
+        if failed:
+            # Not settled: what came after it in the lane must not be settled before it is delivered again.
+            self._count -= len(waiting)
+            waiting.clear()
+            self.lane_broken = True
+        if waiting:
+            self._submit(waiting.popleft())
+        else:
+            del self._lanes[lane]
+
+    def cancel_unstarted(self) -> int:
+        """Drop what no handler has started; return how many. A cancelled future still reports
+        through its done callback, and `finished` forgets it then."""
+        waiting = sum(len(lane) for lane in self._lanes.values())
+        for lane in self._lanes.values():
+            lane.clear()
+        self._count -= waiting
+        return waiting + sum(1 for future in list(self._running.values()) if future.cancel())

@@ -1,0 +1,56 @@
+"""Unit tests of the offset bookkeeping: what may be committed, per partition, and when."""
+
+from __future__ import annotations
+
+from {{ cookiecutter.project_slug }}.brokers.kafka.records import OffsetLedger
+
+P0, P1 = ("tasks", 0), ("tasks", 1)
+
+
+def owning(*partitions: tuple[str, int]) -> OffsetLedger:
+    ledger = OffsetLedger()
+    ledger.assigned(partitions)
+    return ledger
+
+
+def test_the_offset_after_the_last_settled_record_is_due() -> None:
+    ledger = owning(P0, P1)
+    ledger.settled(P0, 4)
+    ledger.settled(P0, 5)
+    ledger.settled(P1, 9)
+    assert ledger.due() == {P0: 6, P1: 10}
+    assert ledger.due([P1]) == {P1: 10}
+
+
+def test_a_record_settled_late_never_moves_the_offset_back() -> None:
+    ledger = owning(P0)
+    ledger.settled(P0, 7)  # a dead letter, settled before an earlier record's ack in the same batch
+    ledger.settled(P0, 6)
+    assert ledger.due() == {P0: 8}
+
+
+def test_what_was_committed_is_no_longer_due_unless_more_was_settled_meanwhile() -> None:
+    ledger = owning(P0, P1)
+    ledger.settled(P0, 1)
+    ledger.settled(P1, 1)
+    offsets = ledger.due()
+    ledger.settled(P1, 2)  # while the commit was under way
+    ledger.committed(offsets)
+    assert ledger.due() == {P1: 3}
+
+
+def test_partitions_not_owned_are_never_committed() -> None:
+    ledger = owning(P0)
+    ledger.settled(P1, 3)  # a record of a partition never assigned
+    ledger.settled(P0, 3)
+    ledger.revoked([P0])
+    ledger.settled(P0, 4)  # finished after its partition moved to another consumer
+    assert ledger.due() == {}
+
+
+def test_clear_forgets_everything() -> None:
+    ledger = owning(P0)
+    ledger.settled(P0, 1)
+    ledger.clear()
+    ledger.settled(P0, 2)
+    assert ledger.due() == {}

@@ -1,0 +1,158 @@
+"""Unit tests of the runner with an in-memory transport: what it takes, settles, retries, bounds,
+and how it reconnects and drains. The real transports are tested against the real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+import pytest
+
+from {{ cookiecutter.project_slug }}.brokers.base import Delivery
+from {{ cookiecutter.project_slug }}.messages import TaskMessage, encode
+from {{ cookiecutter.project_slug }}.processing import Processor
+from {{ cookiecutter.project_slug }}.runner_asynchronous import Runner
+from {{ cookiecutter.project_slug }}.settings import Settings
+from {{ cookiecutter.project_slug }}.tasks import TaskRegistry
+
+from .helpers import Recorder
+
+
+class Lost(Exception):
+    """The fake connection broke."""
+
+
+class FakeTransport:
+    """A queue in memory that records what the runner asked of it."""
+
+    errors: tuple[type[BaseException], ...] = (Lost,)
+    finish_unstarted = False
+
+    def __init__(
+        self, bodies: Sequence[bytes], retry_in_place: bool = False, capacity: int = 4, lanes: int = 0
+    ) -> None:
+        self.retry_in_place = retry_in_place
+        self.capacity = capacity
+        self._lanes = itertools.cycle(range(lanes)) if lanes else None
+        self._waiting = list(bodies)
+        self.opened = 0
+        self.fail_next_fetch = False
+        self.acked: list[bytes] = []
+        self.retried: list[tuple[bytes, int]] = []
+        self.dead: list[tuple[bytes, str]] = []
+        self.most_in_hand = 0
+        self._in_hand = 0
+
+    async def open(self) -> str:
+        self.opened += 1
+        return "the fake queue"
+
+    async def fetch(self, max_count: int, wait_seconds: float) -> list[Delivery]:
+        if self.fail_next_fetch:
+            self.fail_next_fetch = False
+            raise Lost("cut")
+        taken, self._waiting = self._waiting[:max_count], self._waiting[max_count:]
+        self._in_hand += len(taken)
+        self.most_in_hand = max(self.most_in_hand, self._in_hand)
+        if not taken:
+            await asyncio.sleep(min(wait_seconds, 0.05))
+        return [Delivery(body, {}, 0, body, next(self._lanes) if self._lanes else None) for body in taken]
+
+    async def unsubscribe(self) -> int:
+        return 0
+
+    async def ack(self, deliveries: Sequence[Delivery]) -> None:
+        self.acked += [delivery.body for delivery in deliveries]
+        self._in_hand -= len(deliveries)
+
+    async def retry(self, delivery: Delivery) -> None:
+        self.retried.append((delivery.body, delivery.retries))
+        self._in_hand -= 1
+
+    async def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        self.dead.append((delivery.body, reason))
+        self._in_hand -= 1
+
+    async def close(self) -> None:
+        pass
+
+
+def task(type_: str, task_id: str, seconds: float = 0.0) -> bytes:
+    return encode(TaskMessage(id=task_id, type=type_, payload={"seconds": seconds}))
+
+
+def running(
+    registry: TaskRegistry, transport: FakeTransport, until: Callable[[], bool], timeout: float = 10.0
+) -> Runner:
+    """Run a runner on the transport until `until` holds (or the deadline), then stop it."""
+
+    async def main() -> Runner:
+        runner = Runner(transport, Processor(registry, 2), Settings(max_retries=2, shutdown_timeout_seconds=5))
+        await runner.start()
+        deadline = time.monotonic() + timeout
+        while not until() and time.monotonic() < deadline:  # noqa: ASYNC110 - polling a plain condition, with a deadline
+            await asyncio.sleep(0.01)
+        assert runner.is_running()
+        await runner.stop()
+        return runner
+
+    return asyncio.run(main())
+
+
+def test_every_message_is_handled_then_acknowledged(registry: TaskRegistry, recorder: Recorder) -> None:
+    bodies = [task("record", f"t-{n}") for n in range(20)]
+    transport = FakeTransport(bodies)
+    running(registry, transport, lambda: len(transport.acked) == 20)
+    assert sorted(transport.acked) == sorted(bodies)
+    assert sorted(recorder.finished) == sorted(f"t-{n}" for n in range(20))
+
+
+def test_no_more_than_the_capacity_is_ever_in_hand(registry: TaskRegistry) -> None:
+    transport = FakeTransport([task("record", f"t-{n}", 0.02) for n in range(30)], capacity=3)
+    running(registry, transport, lambda: len(transport.acked) == 30)
+    assert len(transport.acked) == 30
+    assert transport.most_in_hand == 3
+
+
+def test_a_failing_message_goes_back_to_the_broker_or_to_the_dead_letters(registry: TaskRegistry) -> None:
+    transport = FakeTransport([task("explode", "bad"), b"not json"])
+    running(registry, transport, lambda: len(transport.retried) == 1 and len(transport.dead) == 1)
+    assert transport.retried == [(task("explode", "bad"), 0)]
+    assert "not a task message" in transport.dead[0][1]
+
+
+def test_in_place_retries_keep_the_order_of_a_lane(registry: TaskRegistry, recorder: Recorder) -> None:
+    transport = FakeTransport([task("explode", "bad"), task("record", "good")], retry_in_place=True, lanes=1)
+    running(registry, transport, lambda: bool(transport.acked), timeout=15)
+    assert transport.acked == [task("record", "good")]
+    assert recorder.started == ["bad", "bad", "bad", "good"]  # max_retries=2: three attempts, then the next
+    assert [body for body, _ in transport.dead] == [task("explode", "bad")]
+    assert transport.retried == []
+
+
+def test_a_lost_connection_is_opened_again_and_said_once(
+    registry: TaskRegistry, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    transport = FakeTransport([task("record", "after")])
+    transport.fail_next_fetch = True
+    running(registry, transport, lambda: bool(transport.acked))
+    assert transport.acked == [task("record", "after")]
+    assert transport.opened == 2
+    lost = [record for record in caplog.records if "lost the broker" in record.getMessage()]
+    assert len(lost) == 1
+    assert lost[0].levelno == logging.WARNING
+
+
+def test_stopping_finishes_what_runs_and_says_so(
+    registry: TaskRegistry, recorder: Recorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    transport = FakeTransport([task("record", f"slow-{n}", 0.3) for n in range(4)], capacity=4)
+    runner = running(registry, transport, lambda: len(recorder.started) == 4)
+    assert len(transport.acked) == 4
+    assert not runner.is_running()
+    assert "consumer stopped: 4 message(s) finished while draining, 0 returned unstarted, 0 interrupted" in caplog.text

@@ -92,6 +92,16 @@ async def keep_connected(
         await sleep_unless_stopping(stopping, backoff.next_delay())
 
 
+def connect_in_background(
+    session: Callable[[Callable[[], None]], Awaitable[None]],
+    stopping: asyncio.Event,
+    errors: tuple[type[BaseException], ...],
+    what: str,
+) -> asyncio.Task[None]:
+    """A publisher's connecting, kept going by keep_connected in a task of its own."""
+    return asyncio.create_task(keep_connected(session, stopping, errors, what), name="broker-publisher-connect")
+
+
 class Runner:
     """A Consumer: consumes as an asyncio task that owns the transport; each message in hand is a task."""
 

@@ -18,9 +18,9 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
 from ...messages import TaskMessage, encode
-from ...runner_asynchronous import keep_connected
+from ...runner_asynchronous import connect_in_background
 from ..base import BrokerUnavailable, Delivery, text_headers
-from .records import OffsetLedger, Partition, dead_letter_headers, group_id, partition_of, record_headers
+from .records import Partition, PartitionedTransport, dead_letter_headers, group_id, partition_of, record_headers
 
 if TYPE_CHECKING:
     from ...settings import Settings
@@ -74,8 +74,7 @@ class BrokerPublisher:
 
     async def start(self) -> None:
         what = f"publisher ({self._settings.broker_address})"
-        connecting = keep_connected(self._session, self._stopping, CONNECTION_ERRORS, what)
-        self._connecting = asyncio.create_task(connecting, name="broker-publisher-connect")
+        self._connecting = connect_in_background(self._session, self._stopping, CONNECTION_ERRORS, what)
 
     async def _session(self, connected: Callable[[], None]) -> None:
         """Start the producer once; from then on it reconnects by itself."""
@@ -90,6 +89,8 @@ class BrokerPublisher:
         connected()
         logger.info("publisher connected to %s", self._settings.broker_address)
         await self._stopping.wait()
+        self._producer = None
+        await producer.stop()
 
     def _connected(self) -> Any:
         if self._producer is None:
@@ -118,9 +119,7 @@ class BrokerPublisher:
     async def close(self) -> None:
         self._stopping.set()
         if self._connecting is not None:
-            await self._connecting
-        if self._producer is not None:
-            await self._producer.stop()
+            await self._connecting  # its session stops the producer as it ends
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -136,17 +135,13 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         self._transport.assigned(assigned)
 
 
-class BrokerTransport:
+class BrokerTransport(PartitionedTransport):
     """The consumer's side: a consumer in the group, and a producer for dead letters."""
 
     errors = CONNECTION_ERRORS
-    retry_in_place = True  # Kafka cannot hold one record back: the runner retries it in its partition's lane
-    finish_unstarted = False  # what is not committed is read again by the partition's next owner
 
     def __init__(self, settings: Settings) -> None:
-        self._settings = settings
-        self.capacity = settings.prefetch_count
-        self._ledger = OffsetLedger()
+        super().__init__(settings)
         self._consumer: Any = None
         self._producer: Any = None
         self._committing = asyncio.Lock()

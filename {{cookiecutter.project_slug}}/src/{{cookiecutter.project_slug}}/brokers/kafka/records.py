@@ -43,6 +43,18 @@ def dead_letter_headers(
     ]
 
 
+class PartitionedTransport:
+    """What both Kafka transports tell the runner, and the bookkeeping they share."""
+
+    retry_in_place = True  # Kafka cannot hold one record back: the runner retries it in its partition's lane
+    finish_unstarted = False  # what is not committed is read again by the partition's next owner
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self.capacity = settings.prefetch_count
+        self._ledger = OffsetLedger()
+
+
 class OffsetLedger:
     """What may be committed: per partition this consumer owns, the offset after the last record
     settled. Records of a partition are settled in order (the runner runs each partition as one

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from ..base import Delivery, text_headers
-from .records import OffsetLedger, Partition, dead_letter_headers, group_id, partition_of
+from .records import Partition, PartitionedTransport, dead_letter_headers, group_id, partition_of
 from .threaded_config import client_config, producer_config
 from .threaded_logging import CLIENT_LOGGERS
 from .threaded_publisher import FLUSH_SECONDS, BrokerPublisher
@@ -39,17 +39,13 @@ def headers_of(message: Message) -> RecordHeaders:
     return [(key, value.encode() if isinstance(value, str) else value) for key, value in items]
 
 
-class BrokerTransport:
+class BrokerTransport(PartitionedTransport):
     """The consumer's side: a consumer in the group and a producer for dead letters."""
 
     errors: tuple[type[BaseException], ...] = (KafkaException, TimeoutError)
-    retry_in_place = True  # Kafka cannot hold one record back: the runner retries it in its partition's lane
-    finish_unstarted = False  # what is not committed is read again by the partition's next owner
 
     def __init__(self, settings: Settings) -> None:
-        self._settings = settings
-        self.capacity = settings.prefetch_count
-        self._ledger = OffsetLedger()
+        super().__init__(settings)
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
         self._fatal: KafkaError | None = None

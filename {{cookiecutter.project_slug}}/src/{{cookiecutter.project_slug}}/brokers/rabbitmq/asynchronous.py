@@ -15,9 +15,9 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMe
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS, AMQPConnectionError, DeliveryError, PublishError
 
 from ...messages import CONTENT_TYPE, TaskMessage, encode
-from ...runner_asynchronous import keep_connected
+from ...runner_asynchronous import connect_in_background
 from ..base import BrokerUnavailable, Delivery, text_headers
-from .topology import dead_letter_headers, queue_arguments, retried_headers, retries_of
+from .topology import copied_properties, dead_letter_headers, queue_arguments, retried_headers, retries_of
 
 if TYPE_CHECKING:
     from ...settings import Settings
@@ -61,8 +61,7 @@ class BrokerPublisher:
 
     async def start(self) -> None:
         what = f"publisher ({self._settings.broker_address})"
-        connecting = keep_connected(self._session, self._stopping, ERRORS, what)
-        self._connecting = asyncio.create_task(connecting, name="broker-publisher-connect")
+        self._connecting = connect_in_background(self._session, self._stopping, ERRORS, what)
 
     async def _session(self, connected: Callable[[], None]) -> None:
         """Connect once; from then on the robust connection reconnects (and re-declares) by itself."""
@@ -82,6 +81,8 @@ class BrokerPublisher:
         connected()
         logger.info("publisher connected to %s", self._settings.broker_address)
         await self._stopping.wait()
+        self._connection = self._channel = None
+        await connection.close()
 
     def _ready_channel(self) -> AbstractChannel:
         channel = self._channel
@@ -128,9 +129,7 @@ class BrokerPublisher:
     async def close(self) -> None:
         self._stopping.set()
         if self._connecting is not None:
-            await self._connecting
-        if self._connection is not None:
-            await self._connection.close()
+            await self._connecting  # its session closes the connection as it ends
 
 
 class BrokerTransport:
@@ -212,15 +211,7 @@ class BrokerTransport:
         message: AbstractIncomingMessage = delivery.handle
         if self._channel is None:
             raise AMQPConnectionError("the consumer's channel is closed")
-        copy = aio_pika.Message(
-            message.body,
-            content_type=message.content_type or CONTENT_TYPE,
-            delivery_mode=PERSISTENT,
-            message_id=message.message_id,
-            type=message.type,
-            timestamp=message.timestamp,
-            headers=dict(headers),
-        )
+        copy = aio_pika.Message(message.body, delivery_mode=PERSISTENT, **copied_properties(message, headers))
         await self._channel.default_exchange.publish(
             copy, routing_key=routing_key, mandatory=True, timeout=self._settings.publish_timeout_seconds
         )

@@ -26,7 +26,7 @@ from pika.spec import Basic, BasicProperties
 from ...messages import CONTENT_TYPE, TaskMessage, encode
 from ...runner_threaded import keep_connected
 from ..base import BrokerUnavailable, Delivery, text_headers
-from .topology import dead_letter_headers, queue_arguments, retried_headers, retries_of
+from .topology import copied_properties, dead_letter_headers, queue_arguments, retried_headers, retries_of
 
 if TYPE_CHECKING:
     from ...settings import Settings
@@ -359,14 +359,7 @@ class BrokerTransport:
     def _republish(self, routing_key: str, delivery: Delivery, headers: Mapping[str, Any]) -> None:
         """A confirmed publish of the original body, then the original's ack."""
         properties: BasicProperties = delivery.extra["properties"]
-        republished = BasicProperties(
-            content_type=properties.content_type or CONTENT_TYPE,
-            delivery_mode=PERSISTENT,
-            message_id=properties.message_id,
-            type=properties.type,
-            timestamp=properties.timestamp,
-            headers=dict(headers),
-        )
+        republished = BasicProperties(delivery_mode=PERSISTENT, **copied_properties(properties, headers))
         channel = self._open_channel()
         channel.basic_publish("", routing_key, delivery.body, republished, mandatory=True)
         channel.basic_ack(delivery.handle)

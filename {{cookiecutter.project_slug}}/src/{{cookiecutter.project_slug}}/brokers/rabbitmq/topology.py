@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from ...messages import CONTENT_TYPE
+
 if TYPE_CHECKING:
     from ...settings import Settings
 
@@ -29,6 +31,17 @@ def retries_of(headers: Mapping[str, Any] | None) -> int:
 
 def retried_headers(headers: Mapping[str, Any] | None, retries: int) -> dict[str, Any]:
     return {**(headers or {}), RETRIES_HEADER: retries + 1}
+
+
+def copied_properties(original: Any, headers: Mapping[str, Any]) -> dict[str, Any]:
+    """The properties of a republished message, pika's or aio-pika's: the original's, new headers."""
+    return {
+        "content_type": original.content_type or CONTENT_TYPE,
+        "message_id": original.message_id,
+        "type": original.type,
+        "timestamp": original.timestamp,
+        "headers": dict(headers),
+    }
 
 
 def dead_letter_headers(headers: Mapping[str, Any] | None, reason: str) -> dict[str, Any]:

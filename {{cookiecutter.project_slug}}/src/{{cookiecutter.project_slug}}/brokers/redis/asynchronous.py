@@ -14,17 +14,8 @@ from redis.exceptions import RedisError
 
 from ...messages import TaskMessage, encode
 from ..base import BrokerUnavailable, Delivery
-from .streams import (
-    CLIENT_LOGGERS,
-    Batch,
-    Steps,
-    StreamConsumer,
-    advance,
-    client_options,
-    pipeline_of,
-    publish_fields,
-    retry_backoff,
-)
+from . import streams
+from .streams import CLIENT_LOGGERS
 
 if TYPE_CHECKING:
     from ...settings import Settings
@@ -33,14 +24,18 @@ __all__ = ["CLIENT_LOGGERS", "BrokerPublisher", "BrokerTransport"]
 
 
 def make_client(settings: Settings, name: str) -> redis.Redis:
-    return redis.Redis.from_url(settings.broker_url, retry=Retry(retry_backoff(), 2), **client_options(name))
+    return redis.Redis.from_url(
+        settings.broker_url, retry=Retry(streams.retry_backoff(), 2), **streams.client_options(name)
+    )
 
 
-async def drive(client: redis.Redis, steps: Steps[Any]) -> Any:
+async def drive(client: redis.Redis, steps: streams.Steps[Any]) -> Any:
     """Carry a conversation of streams.py to Redis, one awaited round trip per batch."""
-    step = advance(steps, None)
-    while isinstance(step, Batch):
-        step = advance(steps, await pipeline_of(client, step).execute(raise_on_error=step.raise_on_error))
+    step = streams.advance(steps, None)
+    while isinstance(step, streams.Batch):
+        step = streams.advance(
+            steps, await streams.pipeline_of(client, step).execute(raise_on_error=step.raise_on_error)
+        )
     return step.value
 
 
@@ -55,7 +50,7 @@ class BrokerPublisher:
         """Nothing to do: connections are made on first use, and the consumers declare the group."""
 
     async def publish(self, message: TaskMessage, headers: Mapping[str, str]) -> None:
-        fields = publish_fields(encode(message), headers)
+        fields = streams.publish_fields(encode(message), headers)
         try:
             await self._client.xadd(self._settings.queue_name, fields)
         except RedisError as error:
@@ -79,7 +74,7 @@ class BrokerTransport:
     finish_unstarted = True  # what is left pending is claimed again only after CLAIM_IDLE_SECONDS
 
     def __init__(self, settings: Settings) -> None:
-        self._stream = StreamConsumer(settings)
+        self._stream = streams.StreamConsumer(settings)
         self._client = make_client(settings, f"consumer:{settings.consumer_name}")
         self.capacity = settings.prefetch_count
 

@@ -15,17 +15,8 @@ from redis.retry import Retry
 
 from ...messages import TaskMessage, encode
 from ..base import BrokerUnavailable, Delivery
-from .streams import (
-    CLIENT_LOGGERS,
-    Batch,
-    Steps,
-    StreamConsumer,
-    advance,
-    client_options,
-    pipeline_of,
-    publish_fields,
-    retry_backoff,
-)
+from . import streams
+from .streams import CLIENT_LOGGERS
 
 if TYPE_CHECKING:
     from ...settings import Settings
@@ -34,14 +25,16 @@ __all__ = ["CLIENT_LOGGERS", "BrokerPublisher", "BrokerTransport"]
 
 
 def make_client(settings: Settings, name: str) -> redis.Redis:
-    return redis.Redis.from_url(settings.broker_url, retry=Retry(retry_backoff(), 2), **client_options(name))
+    return redis.Redis.from_url(
+        settings.broker_url, retry=Retry(streams.retry_backoff(), 2), **streams.client_options(name)
+    )
 
 
-def drive(client: redis.Redis, steps: Steps[Any]) -> Any:
+def drive(client: redis.Redis, steps: streams.Steps[Any]) -> Any:
     """Carry a conversation of streams.py to Redis, one blocking round trip per batch."""
-    step = advance(steps, None)
-    while isinstance(step, Batch):
-        step = advance(steps, pipeline_of(client, step).execute(raise_on_error=step.raise_on_error))
+    step = streams.advance(steps, None)
+    while isinstance(step, streams.Batch):
+        step = streams.advance(steps, streams.pipeline_of(client, step).execute(raise_on_error=step.raise_on_error))
     return step.value
 
 
@@ -63,7 +56,7 @@ class BrokerPublisher:
             raise BrokerUnavailable(f"Redis at {self._settings.broker_address} failed: {error!r}") from error
 
     async def publish(self, message: TaskMessage, headers: Mapping[str, str]) -> None:
-        fields = publish_fields(encode(message), headers)
+        fields = streams.publish_fields(encode(message), headers)
         await self._call(functools.partial(self._client.xadd, self._settings.queue_name, fields))
 
     async def ping(self) -> None:
@@ -82,7 +75,7 @@ class BrokerTransport:
     finish_unstarted = True  # what is left pending is claimed again only after CLAIM_IDLE_SECONDS
 
     def __init__(self, settings: Settings) -> None:
-        self._stream = StreamConsumer(settings)
+        self._stream = streams.StreamConsumer(settings)
         self._client = make_client(settings, f"consumer:{settings.consumer_name}")
         # No more in hand than threads to run them: what waits unstarted would stay pending on shutdown.
         self.capacity = min(settings.prefetch_count, settings.handler_threads)

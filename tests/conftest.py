@@ -13,7 +13,9 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import pika
 import pytest
+import redis
 from cookiecutter.main import cookiecutter
 
 from . import fault_report
@@ -103,6 +105,24 @@ def require_broker(broker: str) -> str:
     except OSError as error:
         pytest.fail(f"{broker} is not reachable at {parts.hostname}:{parts.port} ({error}): {START_HINTS[broker]}")
     return url
+
+
+def delete_queues(broker: str, *names: str) -> None:
+    """Leave the shared broker as we found it."""
+    if broker == "kafka":
+        return  # the test broker is memory-only and private to this test session
+    if broker == "redis":
+        client = redis.Redis.from_url(require_broker(broker))
+        client.delete(*names)
+        client.close()
+        return
+    connection = pika.BlockingConnection(pika.URLParameters(require_broker(broker)))
+    try:
+        channel = connection.channel()
+        for name in names:
+            channel.queue_delete(name)
+    finally:
+        connection.close()
 
 
 @pytest.fixture(scope="session")

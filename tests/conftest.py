@@ -18,7 +18,7 @@ import pytest
 import redis
 from cookiecutter.main import cookiecutter
 
-from . import fault_report
+from . import fault_report, podman
 from .kafka_broker import TansuError, running_tansu
 
 TEMPLATE = Path(__file__).resolve().parents[1]
@@ -158,5 +158,10 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
     lines = fault_report.table()
     if lines:
         terminalreporter.section("faults: messages sent, processed, duplicated and lost, per broker and style")
+        for line in lines:
+            terminalreporter.write_line(line)
+    lines = podman.table()
+    if lines:
+        terminalreporter.section("images: build and stop seconds, MB the Dockerfile's layers add (tests/test_image.py)")
         for line in lines:
             terminalreporter.write_line(line)

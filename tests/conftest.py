@@ -13,10 +13,12 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import pika
 import pytest
+import redis
 from cookiecutter.main import cookiecutter
 
-from . import fault_report
+from . import fault_report, podman
 from .kafka_broker import TansuError, running_tansu
 
 TEMPLATE = Path(__file__).resolve().parents[1]
@@ -108,6 +110,24 @@ def require_broker(broker: str) -> str:
     return url
 
 
+def delete_queues(broker: str, *names: str) -> None:
+    """Leave the shared broker as we found it."""
+    if broker == "kafka":
+        return  # the test broker is memory-only and private to this test session
+    if broker == "redis":
+        client = redis.Redis.from_url(require_broker(broker))
+        client.delete(*names)
+        client.close()
+        return
+    connection = pika.BlockingConnection(pika.URLParameters(require_broker(broker)))
+    try:
+        channel = connection.channel()
+        for name in names:
+            channel.queue_delete(name)
+    finally:
+        connection.close()
+
+
 @pytest.fixture(scope="session")
 def baked() -> dict[str, Path]:
     """A cache of baked projects by combination id, shared by the tests of one session (or xdist worker)."""
@@ -141,5 +161,10 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
     lines = fault_report.table()
     if lines:
         terminalreporter.section("faults: messages sent, processed, duplicated and lost, per broker and style")
+        for line in lines:
+            terminalreporter.write_line(line)
+    lines = podman.table()
+    if lines:
+        terminalreporter.section("images: build and stop seconds, MB the Dockerfile's layers add (tests/test_image.py)")
         for line in lines:
             terminalreporter.write_line(line)

@@ -21,9 +21,7 @@ import urllib.request
 from pathlib import Path
 from typing import IO
 
-import pika
 import pytest
-import redis
 
 from .conftest import (
     BROKER_TEST_ENV,
@@ -35,6 +33,7 @@ from .conftest import (
     bake,
     bake_cached,
     combination_id,
+    delete_queues,
     require_broker,
     run,
 )
@@ -221,24 +220,6 @@ def test_the_image_install_and_start_commands_work_outside_docker(tmp_path: Path
     assert worker.returncode == 0, started + log
     assert "worker stopped" in log
     delete_queues(broker, env["QUEUE_NAME"], env["QUEUE_NAME"] + ".dlq")
-
-
-def delete_queues(broker: str, *names: str) -> None:
-    """Leave the shared broker as we found it."""
-    if broker == "kafka":
-        return  # the test broker is memory-only and private to this test session
-    if broker == "redis":
-        client = redis.Redis.from_url(require_broker(broker))
-        client.delete(*names)
-        client.close()
-        return
-    connection = pika.BlockingConnection(pika.URLParameters(require_broker(broker)))
-    try:
-        channel = connection.channel()
-        for name in names:
-            channel.queue_delete(name)
-    finally:
-        connection.close()
 
 
 def read_until(process: subprocess.Popen[str], marker: str, timeout: float) -> str:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import logging
 
-from {{ cookiecutter.project_slug }}.logs import TEXT_FORMAT, JsonFormatter, log_context
+import pytest
+
+from {{ cookiecutter.project_slug }}.logs import TEXT_FORMAT, UVICORN_LOGGERS, JsonFormatter, configure_logging, log_context
 
 
 def record(message: str) -> logging.LogRecord:
@@ -31,3 +33,31 @@ def test_outside_a_task_the_fields_are_left_out_of_json() -> None:
     line = json.loads(JsonFormatter().format(record("idle")))
     assert "task_id" not in line
     assert "request_id" not in line
+
+
+def test_in_json_mode_uvicorns_own_lines_are_json_too(capsys: pytest.CaptureFixture[str]) -> None:
+    """uvicorn sets up its loggers with text handlers before the app is imported (as in the image)."""
+    loggers = [logging.getLogger(name) for name in UVICORN_LOGGERS]
+    saved = [(logger.handlers[:], logger.propagate) for logger in loggers]
+    root = logging.getLogger()
+    root_handlers, root_level = root.handlers[:], root.level
+    plain = logging.StreamHandler()
+    for logger in loggers:
+        logger.handlers[:] = [plain]
+        logger.propagate = False
+    try:
+        configure_logging("INFO", "json")
+        access = ("127.0.0.1:5000", "GET", "/health/live", "1.1", 200)
+        logging.getLogger("uvicorn.access").info('%s - "%s %s HTTP/%s" %d', *access)
+        logging.getLogger("uvicorn.error").info("Shutting down")
+    finally:
+        for logger, (handlers, propagate) in zip(loggers, saved, strict=True):
+            logger.handlers[:] = handlers
+            logger.propagate = propagate
+        root.handlers[:] = root_handlers
+        root.setLevel(root_level)
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert [(line["logger"], line["message"]) for line in lines] == [
+        ("uvicorn.access", '127.0.0.1:5000 - "GET /health/live HTTP/1.1" 200'),
+        ("uvicorn.error", "Shutting down"),
+    ]

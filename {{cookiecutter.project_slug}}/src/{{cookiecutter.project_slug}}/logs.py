@@ -21,6 +21,9 @@ TEXT_FORMAT = (
 )
 
 
+# The loggers uvicorn configures before it imports the app; "uvicorn.error" logs through "uvicorn".
+UVICORN_LOGGERS = ("uvicorn", "uvicorn.access")
+
 _make_record = logging.getLogRecordFactory()
 
 
@@ -66,6 +69,13 @@ def configure_logging(level: str, log_format: str = "text", quiet: tuple[str, ..
     root.setLevel(level)
     for name in quiet:
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
+    if log_format == "json":
+        # uvicorn gives its own loggers handlers of their own, in its text format: in JSON mode
+        # they go through the root handler too, so that every line a container writes is JSON.
+        for name in UVICORN_LOGGERS:
+            server_logger = logging.getLogger(name)
+            server_logger.handlers.clear()
+            server_logger.propagate = True
 
 
 @contextmanager

@@ -17,6 +17,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,8 @@ CHECKOV_SKIPS = {
 #   https://keda.sh/docs/2.16/scalers/rabbitmq-queue/
 #   https://keda.sh/docs/2.16/scalers/redis-streams/
 #   https://keda.sh/docs/2.16/scalers/apache-kafka/
-# A key outside its scaler's list is ignored by KEDA without a word: a typo would silently change scaling.
+# (queueLength, deprecated there, is left out.) A key outside its scaler's list is ignored by KEDA without a
+# word: a typo would silently change scaling.
 TRIGGER_KEYS = {
     "rabbitmq": {
         "host", "hostFromEnv", "usernameFromEnv", "passwordFromEnv", "protocol", "mode", "value",
@@ -69,10 +71,10 @@ TRIGGER_KEYS = {
         "activationLagCount", "databaseIndex", "enableTLS", "unsafeSsl",
     },
     "kafka": {
-        "bootstrapServers", "bootstrapServersFromEnv", "consumerGroup", "consumerGroupFromEnv", "topic",
-        "topicFromEnv", "partitionLimitation", "lagThreshold", "activationLagThreshold", "offsetResetPolicy",
-        "allowIdleConsumers", "excludePersistentLag", "scaleToZeroOnInvalidOffset", "limitToPartitionsWithLag",
-        "ensureEvenDistributionOfPartitions", "version", "sasl", "tls", "unsafeSsl",
+        "bootstrapServers", "consumerGroup", "topic", "lagThreshold", "activationLagThreshold",
+        "offsetResetPolicy", "allowIdleConsumers", "scaleToZeroOnInvalidOffset", "excludePersistentLag",
+        "limitToPartitionsWithLag", "version", "partitionLimitation", "sasl", "saslTokenProvider", "tls",
+        "unsafeSsl", "awsRegion",
     },
 }  # fmt: skip
 # The scaler and what it must say for each broker (issue 16; the README says why).
@@ -127,7 +129,7 @@ def tools_venv_ready() -> bool:
 def tools() -> Path:
     """.venv-k8s/bin, made from requirements-k8s.txt if missing or stale; one install at a time per checkout."""
     checkout = hashlib.sha256(str(TOOLS_VENV).encode()).hexdigest()[:16]
-    with (Path("/tmp") / f"template-k8s-venv-{checkout}.lock").open("w") as lock:
+    with (Path(tempfile.gettempdir()) / f"template-k8s-venv-{checkout}.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not tools_venv_ready():
             for command in (

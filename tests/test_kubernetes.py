@@ -408,3 +408,19 @@ def test_checkov_passes_with_only_the_named_skips(
 def checkov_env() -> dict[str, str]:
     """No telemetry and no package scan: only the Kubernetes checks, offline."""
     return {**os.environ, "CHECKOV_RUN_SCA_PACKAGE_SCAN_V2": "false", "LOG_LEVEL": "ERROR"}
+
+
+README_SAYS = {
+    "rabbitmq": ["protocol: http", "unacknowledged", "ready"],
+    "redis": ["lagCount", "consumerGroup: workers"],
+    "kafka": ["partition count", "TOPIC_PARTITIONS", "lagThreshold"],
+}
+
+
+def test_the_readme_says_how_to_deploy_and_why_it_scales_so(deployment: tuple[str, Deployment]) -> None:
+    broker, rendered = deployment
+    readme = (rendered.project / "README.md").read_text()
+    section = readme.split("## Deploy on Kubernetes", 1)[1].split("\n## ", 1)[0]
+    for needed in ["KEDA", "registry", "kubectl apply -k deploy/kubernetes/overlays/production", *README_SAYS[broker]]:
+        assert needed in section, needed
+    assert "secret generic task-service-broker" in section

@@ -50,6 +50,8 @@ STYLE_FILES = {
 
 DOCKER_FILES = ["Dockerfile", ".dockerignore", "docker-compose.yml"]
 
+KUBERNETES_FILES = ["deploy"]
+
 CI_FILES = {
     "github": [".github"],
     "gitlab": [".gitlab-ci.yml"],
@@ -84,6 +86,11 @@ def remove_docker_files(root: Path) -> None:
         remove(root, relative)
 
 
+def remove_kubernetes_files(root: Path) -> None:
+    for relative in KUBERNETES_FILES:
+        remove(root, relative)
+
+
 def remove_other_ci(root: Path, ci: str) -> None:
     for name, paths in CI_FILES.items():
         if name != ci:
@@ -104,6 +111,8 @@ def next_steps(context: dict[str, str]) -> str:
         (f"uvicorn {slug}.main:app", "the API (it consumes too)"),
         (f"python -m {slug}.worker", "a consumer alone, to scale out"),
     ]
+    if context["kubernetes"] == "yes":
+        steps.append(("kubectl apply -k deploy/kubernetes/overlays/production", "see README: Deploy on Kubernetes"))
     width = max(len(command) for command, comment in steps if comment)
     lines = [f"  {command.ljust(width)}  # {comment}" if comment else f"  {command}" for command, comment in steps]
     return "\n".join([f"Created {slug}. Next:", *lines])
@@ -114,6 +123,8 @@ def main(root: Path, context: dict[str, str]) -> None:
     remove_other_styles(root, context["consumer"])
     if context["use_docker"] == "no":
         remove_docker_files(root)
+    if context["kubernetes"] == "no":
+        remove_kubernetes_files(root)
     remove_other_ci(root, context["ci"])
     print(next_steps(context))
 

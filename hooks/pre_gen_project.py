@@ -65,10 +65,19 @@ def check_python_version(version: str) -> None:
         raise AnswerError(f"python_version {version!r} is not supported; choose one of: {', '.join(SUPPORTED_PYTHON)}")
 
 
+def check_kubernetes(kubernetes: str, use_docker: str) -> None:
+    if kubernetes == "yes" and use_docker != "yes":
+        raise AnswerError(
+            "kubernetes=yes deploys the project's image, which use_docker=no does not build; "
+            "pass use_docker=yes, or kubernetes=no"
+        )
+
+
 def main(context: dict[str, object]) -> int:
     try:
         check_slug(str(context["project_slug"]))
         check_python_version(str(context["python_version"]))
+        check_kubernetes(str(context["kubernetes"]), str(context["use_docker"]))
     except AnswerError as error:
         print(f"ERROR: {error}", file=sys.stderr)
         return 1

@@ -28,6 +28,7 @@ DEFAULTS = json.loads((TEMPLATE / "cookiecutter.json").read_text())
 BROKERS = DEFAULTS["broker"]
 CONSUMERS = DEFAULTS["consumer"]
 DOCKER = DEFAULTS["use_docker"]
+KUBERNETES = DEFAULTS["kubernetes"]
 CI = DEFAULTS["ci"]
 
 BROKER_URLS = {
@@ -55,16 +56,30 @@ START_HINTS = {
 }
 
 
+def kubernetes_for(docker: str, ci: str) -> str:
+    """kubernetes=yes rides on the use_docker=yes, ci=github combinations instead of doubling the matrix:
+    every broker and style is then baked and checked with it, and every other combination without it."""
+    assert set(KUBERNETES) == {"yes", "no"}, "a new kubernetes value needs a place in the bake matrix"
+    return "yes" if (docker, ci) == ("yes", "github") else "no"
+
+
 def all_combinations() -> list[dict[str, str]]:
     return [
-        {"broker": broker, "consumer": consumer, "use_docker": docker, "ci": ci}
+        {
+            "broker": broker,
+            "consumer": consumer,
+            "use_docker": docker,
+            "kubernetes": kubernetes_for(docker, ci),
+            "ci": ci,
+        }
         for broker, consumer, docker, ci in itertools.product(BROKERS, CONSUMERS, DOCKER, CI)
     ]
 
 
 def combination_id(answers: dict[str, str]) -> str:
     docker = "docker" if answers["use_docker"] == "yes" else "nodocker"
-    return f"{answers['broker']}-{answers['consumer']}-{docker}-ci_{answers['ci']}"
+    k8s = "-k8s" if answers.get("kubernetes") == "yes" else ""
+    return f"{answers['broker']}-{answers['consumer']}-{docker}{k8s}-ci_{answers['ci']}"
 
 
 def bake(output_dir: Path, **answers: str) -> Path:

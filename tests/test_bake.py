@@ -22,6 +22,7 @@ TRACES = {
         r"(?<!aio-)(?<!aio_)\bpika\b|confluent|BlockingConnection|handler_threads|threaded|thread pool"
     ),
     ("use_docker", "yes"): r"docker",
+    ("kubernetes", "yes"): r"kubernetes|kubectl|kustomiz|keda",
     ("ci", "github"): r"github",
     ("ci", "gitlab"): r"gitlab",
 }

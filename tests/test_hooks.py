@@ -99,6 +99,17 @@ def test_the_pre_gen_hook_prints_one_line_and_fails(pre_gen: types.ModuleType, c
     assert error.startswith("ERROR: project_slug 'class'")
 
 
+def test_kubernetes_without_docker_is_refused_with_the_fix(pre_gen: types.ModuleType, capsys) -> None:
+    pre_gen.check_kubernetes("yes", "yes")
+    pre_gen.check_kubernetes("no", "no")
+    context = {**pre_gen.CONTEXT, "kubernetes": "yes", "use_docker": "no"}
+    assert pre_gen.main(context) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1
+    assert error.startswith("ERROR: kubernetes=yes")
+    assert "use_docker=yes" in error
+
+
 def test_the_pre_gen_hook_accepts_the_defaults(pre_gen: types.ModuleType) -> None:
     assert pre_gen.main(pre_gen.CONTEXT) == 0
 
@@ -112,6 +123,7 @@ def test_every_pruned_path_exists_in_the_template(post_gen: types.ModuleType) ->
         *post_gen.BROKER_FILES.values(),
         *post_gen.STYLE_FILES.values(),
         post_gen.DOCKER_FILES,
+        post_gen.KUBERNETES_FILES,
         *post_gen.CI_FILES.values(),
     ]
     missing = [
@@ -168,3 +180,7 @@ def test_the_post_gen_hook_prints_the_next_steps(post_gen: types.ModuleType) -> 
     steps = post_gen.next_steps({**post_gen.CONTEXT, "project_slug": "svc"})
     assert 'pip install -e ".[dev]"' in steps
     assert "python -m svc.worker" in steps
+    assert "kubectl" not in steps
+    assert "kubectl apply -k deploy/kubernetes/overlays/production" in post_gen.next_steps(
+        {**post_gen.CONTEXT, "project_slug": "svc", "kubernetes": "yes"}
+    )

@@ -51,7 +51,18 @@ def test_a_bad_answer_is_refused_with_one_line_and_leaves_nothing(tmp_path: Path
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("answer", ["broker=nats", "consumer=celery", "use_docker=maybe", "ci=jenkins"])
+def test_kubernetes_without_an_image_is_refused_with_one_line_and_leaves_nothing(tmp_path: Path) -> None:
+    result = generate(tmp_path, "kubernetes=yes", "use_docker=no")
+    assert result.returncode != 0
+    [line] = our_error_lines(result.stdout + result.stderr)
+    assert line.startswith("ERROR: kubernetes=yes")
+    assert "use_docker=yes" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "answer", ["broker=nats", "consumer=celery", "use_docker=maybe", "kubernetes=maybe", "ci=jenkins"]
+)
 def test_an_unknown_choice_is_refused_by_cookiecutter_and_leaves_nothing(tmp_path: Path, answer: str) -> None:
     result = generate(tmp_path, answer)
     assert result.returncode != 0

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO
 
 import pytest
+import yaml
 
 from .conftest import (
     BROKER_TEST_ENV,
@@ -206,11 +207,22 @@ def test_the_image_install_and_start_commands_work_outside_docker(tmp_path: Path
     assert server.returncode in (0, -signal.SIGTERM), log
     assert "Application shutdown complete" in log
 
+    # The worker serves its health endpoints on METRICS_PORT; compose's health check probes them.
+    metrics_port = free_port()
     worker = subprocess.Popen(
-        ["python", "-m", "task_service.worker"], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True
+        ["python", "-m", "task_service.worker"],
+        cwd=tmp_path,
+        env={**env, "METRICS_PORT": str(metrics_port)},
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         started = read_until(worker, "consuming", timeout=60)
+        worker_check = compose_worker_healthcheck(project, metrics_port)
+        deadline = time.monotonic() + 30
+        while subprocess.run(worker_check, env=env, capture_output=True, check=False).returncode != 0:
+            assert time.monotonic() < deadline, f"compose's worker health check never passed: {worker_check}"
+            time.sleep(0.5)
     except BaseException:
         worker.kill()  # never leave a worker behind a failed test
         worker.wait()
@@ -220,6 +232,14 @@ def test_the_image_install_and_start_commands_work_outside_docker(tmp_path: Path
     assert worker.returncode == 0, started + log
     assert "worker stopped" in log
     delete_queues(broker, env["QUEUE_NAME"], env["QUEUE_NAME"] + ".dlq")
+
+
+def compose_worker_healthcheck(project: Path, metrics_port: int) -> list[str]:
+    """The worker service's health check command in docker-compose.yml, for a worker on `metrics_port`."""
+    compose = yaml.safe_load((project / "docker-compose.yml").read_text())
+    test = compose["services"]["worker"]["healthcheck"]["test"]
+    assert test[0] == "CMD", test
+    return [part.replace("${METRICS_PORT:-9100}", str(metrics_port)) for part in test[1:]]
 
 
 def read_until(process: subprocess.Popen[str], marker: str, timeout: float) -> str:

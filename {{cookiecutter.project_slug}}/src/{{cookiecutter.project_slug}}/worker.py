@@ -6,14 +6,13 @@ import asyncio
 import logging
 import signal
 
-from prometheus_client import start_http_server
-
 from . import handlers
 from .brokers.factory import CLIENT_LOGGERS, make_consumer
 from .logs import configure_logging
 from .processing import Processor
 from .settings import Settings, get_settings
 from .tracing import configure_tracing
+from .worker_http import serve
 
 logger = logging.getLogger(__name__)
 
@@ -25,10 +24,16 @@ async def run(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    await consumer.start()
-    await stop.wait()
-    logger.info("stop signal received: taking no new messages, finishing those in hand")
-    await consumer.stop()
+    # The API serves /metrics and /health itself; a worker alone serves them here. Ready means consuming.
+    http = serve(settings.metrics_port, consumer.is_running) if settings.metrics_port else None
+    try:
+        await consumer.start()
+        await stop.wait()
+        logger.info("stop signal received: taking no new messages, finishing those in hand")
+        await consumer.stop()
+    finally:
+        if http is not None:
+            http.close()
     logger.info("worker stopped")
 
 
@@ -36,10 +41,6 @@ def main() -> None:
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format, quiet=CLIENT_LOGGERS)
     configure_tracing(settings)
-    if settings.metrics_port:
-        # The API serves /metrics itself; a worker alone serves it here.
-        start_http_server(settings.metrics_port)
-        logger.info("metrics on http://0.0.0.0:%d/metrics", settings.metrics_port)
     asyncio.run(run(settings))
 
 

@@ -4,6 +4,7 @@ another one runs."""
 
 from __future__ import annotations
 
+import re
 import signal
 import urllib.request
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 
 from {{ cookiecutter.project_slug }}.settings import Settings
 
-from .helpers import HANDLED, eventually, free_port, image_task, queue_exists, start_worker
+from .helpers import HANDLED, eventually, free_port, http_status, image_task, queue_exists, start_worker
 from .probes import Probe
 from .tally import tally
 
@@ -32,11 +33,41 @@ def test_the_worker_processes_a_task_and_exits_cleanly_on_sigterm(
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
         assert 'tasks_processed_total{outcome="succeeded"} 1.0' in metrics
         assert "task_handler_duration_seconds_count" in metrics
+        assert http_status(port, "/health/live") == 200
+        assert eventually(lambda: http_status(port, "/health/ready") == 200)
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(timeout=30)
     assert worker.returncode == 0, log.read_text()
     assert "worker stopped" in log.read_text()
+
+
+def test_two_workers_on_one_host_with_the_same_metrics_port_both_run(
+    settings: Settings, probe: Probe, tmp_path: Path
+) -> None:
+    """As with the default METRICS_PORT on one machine: the second warns, serves on a free port, and consumes."""
+    port = free_port()
+    logs = [tmp_path / "first.log", tmp_path / "second.log"]
+    first = start_worker(settings, logs[0], metrics_port=port)
+    workers = [first]
+    try:
+        assert eventually(lambda: http_status(port, "/health/ready") == 200, timeout=30), logs[0].read_text()
+        workers.append(start_worker(settings, logs[1], metrics_port=port))
+        moved = re.compile(rf"METRICS_PORT {port} is in use .* on port (\d+) instead")
+        assert eventually(lambda: moved.search(logs[1].read_text()) is not None, timeout=30), logs[1].read_text()
+        match = moved.search(logs[1].read_text())
+        assert match is not None
+        assert eventually(lambda: http_status(int(match.group(1)), "/health/ready") == 200, timeout=30)
+        probe.publish(settings.queue_name, *(image_task(f"pair-{n}") for n in range(20)))
+        assert eventually(lambda: len(HANDLED.findall(logs[0].read_text() + logs[1].read_text())) >= 20)
+        assert all(worker.poll() is None for worker in workers), "a worker exited"
+    finally:
+        for worker in workers:
+            worker.send_signal(signal.SIGTERM)
+        for worker in workers:
+            worker.wait(timeout=30)
+    assert [worker.returncode for worker in workers] == [0, 0], logs[1].read_text()
+    assert "Address already in use" not in logs[1].read_text()
 
 
 @pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])

@@ -11,6 +11,7 @@ import threading
 import time
 {%- endif %}
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -23,6 +24,14 @@ from {{ cookiecutter.project_slug }} import tracing
 from {{ cookiecutter.project_slug }}.handlers import ProcessImagePayload, process_image
 from {{ cookiecutter.project_slug }}.messages import TaskMessage
 from {{ cookiecutter.project_slug }}.tasks import TaskRegistry
+
+INTEGRATION = Path(__file__).parent / "integration"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Unit tests first, then integration tests: pytest collects `integration/` before the
+    `test_*.py` files beside it, and the fast tests should fail first."""
+    items.sort(key=lambda item: INTEGRATION in item.path.parents)
 
 
 class Recorder:

@@ -10,6 +10,7 @@ from cookiecutter.environment import StrictEnvironment
 from cookiecutter.generate import generate_context
 from cookiecutter.prompt import prompt_for_config
 
+from . import dependency_closure
 from .conftest import BROKERS, CONSUMERS, DEFAULTS, TEMPLATE, bake
 
 TEMPLATE_PROJECT = TEMPLATE / "{{cookiecutter.project_slug}}"
@@ -59,6 +60,20 @@ def test_hooks_read_free_text_exactly(name: str) -> None:
         assert module.CONTEXT["project_name"] == name
 
 
+# Found accepted and broken (issue 18): each is a module or distribution of the dependency closure.
+SHADOWED_BY_DEPENDENCIES = [
+    "click",
+    "opentelemetry",
+    "uvloop",
+    "websockets",
+    "h11",
+    "yaml",
+    "requests",
+    "dotenv",
+    "pika",
+]
+
+
 @pytest.mark.parametrize("slug", ["task_service", "svc2", "_internal", "payments_v2"])
 def test_good_slugs_pass(pre_gen: types.ModuleType, slug: str) -> None:
     pre_gen.check_slug(slug)
@@ -83,12 +98,54 @@ def test_good_slugs_pass(pre_gen: types.ModuleType, slug: str) -> None:
         ("asyncio", "shadow"),
         ("queue", "shadow"),
         ("logging", "shadow"),
+        ("test", "standard library"),
+        ("compression", "standard library"),
+        ("tests", "shadow"),
+        *((name, "installs") for name in SHADOWED_BY_DEPENDENCIES),
+        ("python_dotenv", "installs"),
+        ("pydantic_settings", "installs"),
+        ("prometheus_client", "installs"),
     ],
 )
 def test_bad_slugs_are_refused_with_the_problem_and_a_fix(pre_gen: types.ModuleType, slug: str, problem: str) -> None:
     with pytest.raises(pre_gen.AnswerError, match=problem) as refused:
         pre_gen.check_slug(slug)
     assert "project_slug=" in str(refused.value)  # the fix
+
+
+@pytest.mark.parametrize(
+    ("slug", "suggestion"),
+    [
+        ("test", "test_app"),
+        ("click", "click_app"),
+        ("task-service", "task_service"),
+        ("3d_service", "my_3d_service"),
+        ("TaskService", "task_service"),
+        ("class", "class_app"),
+        ("сервис", "task_service"),
+        ("Café-Orders", "cafe_orders"),
+    ],
+)
+def test_a_refused_slug_comes_with_a_suggestion_derived_from_it(
+    pre_gen: types.ModuleType, slug: str, suggestion: str
+) -> None:
+    assert pre_gen.suggest(slug) == suggestion
+    with pytest.raises(pre_gen.AnswerError, match=f"e.g. project_slug={suggestion}$"):
+        pre_gen.check_slug(slug)
+    pre_gen.check_slug(suggestion)
+
+
+def test_the_hook_refuses_every_name_of_the_dependency_closure(pre_gen: types.ModuleType) -> None:
+    """Computed from the installed packages: every distribution the generated pyproject.toml requires,
+    for every option and extra, walked through Requires-Dist, and the top-level modules each installs.
+    When this fails, regenerate the hook's list: `.venv/bin/python -m tests.dependency_closure --write`."""
+    closure = dependency_closure.compute()
+    names = closure.names()
+    # The walk reached what issue 18 found broken, so it is not vacuous.
+    assert set(SHADOWED_BY_DEPENDENCIES) <= names
+    assert {"python_dotenv", "pyyaml", "opentelemetry_sdk"} <= names
+    assert closure.missing <= {"hatchling"}, "install requirements-test.txt: the closure cannot be walked"
+    assert sorted(names - pre_gen.DEPENDENCY_NAMES) == []
 
 
 def test_the_pre_gen_hook_prints_one_line_and_fails(pre_gen: types.ModuleType, capsys) -> None:

@@ -211,3 +211,48 @@ def test_the_post_gen_hook_prints_the_next_steps(post_gen: types.ModuleType) -> 
     steps = post_gen.next_steps({**post_gen.CONTEXT, "project_slug": "svc"})
     assert 'pip install -e ".[dev]"' in steps
     assert "python -m svc.worker" in steps
+
+
+@pytest.mark.parametrize("broker", BROKERS)
+def test_without_docker_the_next_steps_and_the_readme_say_how_to_start_the_broker(
+    post_gen: types.ModuleType, tmp_path: Path, broker: str
+) -> None:
+    steps = post_gen.next_steps({**post_gen.CONTEXT, "broker": broker, "use_docker": "no"})
+    assert "docker" not in steps.lower()
+    commands = [command for command, _ in post_gen.BROKER_START[broker] if command]
+    assert commands
+    assert all(command in steps for command in commands)
+    readme = (bake(tmp_path, broker=broker, use_docker="no", ci="none") / "README.md").read_text()
+    run_it = readme[readme.index("## Run it") : readme.index("## HTTP interface")]
+    # The README runs Kafka from its own folder (cd ~/kafka_...), the next steps from anywhere.
+    for command in commands:
+        assert command.replace(f"{post_gen.KAFKA}/", "") in run_it, command
+    assert "apt-get install" in run_it
+
+
+def test_with_docker_the_next_steps_start_the_broker_in_compose_and_point_to_the_alternative(
+    post_gen: types.ModuleType,
+) -> None:
+    steps = post_gen.next_steps({**post_gen.CONTEXT, "broker": "redis", "use_docker": "yes"})
+    assert "docker compose up -d redis" in steps
+    assert "no Docker engine: README.md" in steps
+
+
+def test_the_readme_gives_kafka_the_fault_listener_that_compose_and_the_fault_tests_use(tmp_path: Path) -> None:
+    """Without Docker, `server.properties` needs the FAULTS listener: on 9094, advertised as 127.0.0.1:19094."""
+    project = bake(tmp_path, broker="kafka", use_docker="yes", ci="none")
+    readme = (project / "README.md").read_text()
+    compose = (project / "docker-compose.yml").read_text()
+    conftest = (project / "tests" / "integration" / "conftest.py").read_text()
+    assert "FAULTS://:9094" in compose
+    assert "FAULTS://127.0.0.1:19094" in compose
+    assert '"KAFKA_PROXY_PORT", "19094"' in conftest
+    assert '"KAFKA_PROXY_UPSTREAM", "127.0.0.1:9094"' in conftest
+    for line in (
+        "listeners=PLAINTEXT://:9092,CONTROLLER://:9093,FAULTS://:9094",
+        "advertised.listeners=PLAINTEXT://localhost:9092,FAULTS://127.0.0.1:19094",
+        "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,FAULTS:PLAINTEXT",
+        "bin/kafka-storage.sh format",
+        "bin/kafka-server-start.sh",
+    ):
+        assert line in readme, line

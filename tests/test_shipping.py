@@ -24,6 +24,7 @@ from typing import IO
 import pika
 import pytest
 import redis
+import yaml
 
 from .conftest import (
     BROKER_TEST_ENV,
@@ -306,3 +307,25 @@ def read_until(process: subprocess.Popen[str], marker: str, timeout: float) -> s
         if marker in line:
             return "".join(seen)
     pytest.fail(f"{marker!r} never appeared in {timeout} s:\n{''.join(seen)}")
+
+
+@pytest.mark.parametrize("broker", BROKERS)
+def test_compose_watch_syncs_the_source_into_the_installed_package_and_rebuilds_on_pyproject(
+    broker: str, tmp_path: Path
+) -> None:
+    """`docker compose watch` for the api and the worker: src/<slug> is copied to where the image's
+    `pip install .` put the package, and the image is rebuilt when the dependencies change."""
+    project = bake(tmp_path, broker=broker, use_docker="yes", ci="none", python_version="3.12")
+    compose = yaml.safe_load((project / "docker-compose.yml").read_text())
+    dockerfile = (project / "Dockerfile").read_text()
+    assert "RUN python -m venv /opt/venv" in dockerfile
+    assert "FROM python:3.12-slim-bookworm AS runtime" in dockerfile
+    installed = "/opt/venv/lib/python3.12/site-packages/task_service"
+    for service in ("api", "worker"):
+        watch = compose["services"][service]["develop"]["watch"]
+        sync = [rule for rule in watch if rule["action"] == "sync+restart"]
+        assert [(rule["path"], rule["target"]) for rule in sync] == [("./src/task_service", installed)], service
+        assert {"action": "rebuild", "path": "./pyproject.toml"} in watch, service
+    readme = (project / "README.md").read_text()
+    assert "docker compose watch" in readme
+    assert "--reload" in readme

@@ -57,6 +57,33 @@ CI_FILES = {
     "gitlab": [".gitlab-ci.yml"],
 }
 
+# How to start the broker on the machine itself (Debian or Ubuntu), for use_docker=no or no Docker
+# engine: the next steps print them, and the generated README's "Run it" has the same lines.
+KAFKA = "~/kafka_2.13-3.9.1"  # Apache Kafka's own distribution, unpacked in the home directory
+BROKER_START = {
+    "rabbitmq": [
+        ("sudo apt-get install -y rabbitmq-server", "RabbitMQ, once"),
+        ("sudo rabbitmq-server -detached", "the broker, unless its service already runs"),
+    ],
+    "redis": [
+        ("sudo apt-get install -y redis-server", "Redis, once"),
+        ("redis-server --daemonize yes", "the broker"),
+    ],
+    "kafka": [
+        ("sudo apt-get install -y default-jre-headless", "Java, for Apache Kafka (once)"),
+        ("curl -fsSL https://archive.apache.org/dist/kafka/3.9.1/kafka_2.13-3.9.1.tgz | tar -xz -C ~", ""),
+        (
+            f'{KAFKA}/bin/kafka-storage.sh format -t "$({KAFKA}/bin/kafka-storage.sh random-uuid)" '
+            f"-c {KAFKA}/config/kraft/server.properties",
+            "",
+        ),
+        (f"{KAFKA}/bin/kafka-server-start.sh -daemon {KAFKA}/config/kraft/server.properties", ""),
+    ],
+}
+BROKER_START_MORE = {
+    "kafka": "Kafka in KRaft mode, and the FAULTS listener the fault tests need: README.md, Run it",
+}
+
 
 def remove(root: Path, pattern: str) -> None:
     """Delete the files or folders the glob pattern matches; a second run finds nothing to do."""
@@ -104,8 +131,13 @@ def next_steps(context: dict[str, str]) -> str:
         (f"cd {slug}", ""),
         ('python -m venv .venv && . .venv/bin/activate && pip install -e ".[dev]"', ""),
     ]
+    broker = context["broker"]
     if context["use_docker"] == "yes":
-        steps.append((f"docker compose up -d {context['broker']}", "the broker"))
+        steps.append((f"docker compose up -d {broker}", "the broker (no Docker engine: README.md, Run it)"))
+    else:
+        steps += BROKER_START[broker]
+        if broker in BROKER_START_MORE:
+            steps.append(("", BROKER_START_MORE[broker]))
     steps += [
         ("pytest", "unit and integration tests"),
         (f"uvicorn {slug}.main:app", "the API (it consumes too)"),
@@ -114,7 +146,14 @@ def next_steps(context: dict[str, str]) -> str:
     if context["kubernetes"] == "yes":
         steps.append(("kubectl apply -k deploy/kubernetes/overlays/production", "see README: Deploy on Kubernetes"))
     width = max(len(command) for command, comment in steps if comment)
-    lines = [f"  {command.ljust(width)}  # {comment}" if comment else f"  {command}" for command, comment in steps]
+    lines = [
+        f"  {command.ljust(width)}  # {comment}"
+        if command and comment
+        else f"  # {comment}"
+        if comment
+        else f"  {command}"
+        for command, comment in steps
+    ]
     return "\n".join([f"Created {slug}. Next:", *lines])
 
 

@@ -3,12 +3,13 @@ unselected option, lint, format and type checks clean, and its unit tests green.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import pytest
 
-from .conftest import all_combinations, bake_cached, combination_id, project_env, python_tool, run
+from .conftest import DEFAULTS, all_combinations, bake_cached, combination_id, project_env, python_tool, run
 
 COMBINATIONS = [pytest.param(answers, id=combination_id(answers)) for answers in all_combinations()]
 
@@ -27,6 +28,9 @@ TRACES = {
     ("ci", "gitlab"): r"gitlab",
 }
 LEFTOVER_TEMPLATE = re.compile(r"\{%|%\}|\{#|#\}|(?<!\$)\{\{|cookiecutter")
+# The record of the answers: it names every option (`"use_docker": "no"`) by design, and its own name
+# says which tool's answers it holds. Its text is checked for template syntax all the same.
+ANSWERS_RECORD = ".cookiecutter.json"
 
 
 def project_files(project: Path) -> list[Path]:
@@ -48,7 +52,11 @@ def test_no_template_syntax_is_left(answers: dict[str, str], baked: dict[str, Pa
     leftovers = [
         f"{path.relative_to(project)}: {match.group(0)!r}"
         for path in project_files(project)
-        for match in [LEFTOVER_TEMPLATE.search(str(path.relative_to(project)) + "\n" + path.read_text())]
+        for match in [
+            LEFTOVER_TEMPLATE.search(
+                ("" if path.name == ANSWERS_RECORD else str(path.relative_to(project))) + "\n" + path.read_text()
+            )
+        ]
         if match
     ]
     assert leftovers == []
@@ -61,6 +69,8 @@ def test_nothing_of_an_unselected_option_remains(
     project = bake_cached(baked, tmp_path_factory, answers)
     found = []
     for path in project_files(project):
+        if path.name == ANSWERS_RECORD:
+            continue
         relative = str(path.relative_to(project))
         text = path.read_text()
         for option, pattern in unselected_traces(answers).items():
@@ -89,3 +99,15 @@ def test_generated_unit_tests_pass(answers: dict[str, str], baked: dict[str, Pat
     )
     assert re.search(r"\b\d+ passed\b", output), output
     assert " failed" not in output
+
+
+@pytest.mark.parametrize("answers", COMBINATIONS[:1])
+def test_the_project_records_its_answers_and_nothing_else(
+    answers: dict[str, str], baked: dict[str, Path], tmp_path_factory
+) -> None:
+    project = bake_cached(baked, tmp_path_factory, answers)
+    record = json.loads((project / ANSWERS_RECORD).read_text())
+    options = {name for name in DEFAULTS if not name.startswith("_")}
+    assert set(record) == options
+    assert record.items() >= answers.items()
+    assert record["project_slug"] == project.name

@@ -10,6 +10,7 @@ from cookiecutter.environment import StrictEnvironment
 from cookiecutter.generate import generate_context
 from cookiecutter.prompt import prompt_for_config
 
+from . import dependency_closure
 from .conftest import BROKERS, CONSUMERS, DEFAULTS, TEMPLATE, bake
 
 TEMPLATE_PROJECT = TEMPLATE / "{{cookiecutter.project_slug}}"
@@ -59,6 +60,20 @@ def test_hooks_read_free_text_exactly(name: str) -> None:
         assert module.CONTEXT["project_name"] == name
 
 
+# Found accepted and broken (issue 18): each is a module or distribution of the dependency closure.
+SHADOWED_BY_DEPENDENCIES = [
+    "click",
+    "opentelemetry",
+    "uvloop",
+    "websockets",
+    "h11",
+    "yaml",
+    "requests",
+    "dotenv",
+    "pika",
+]
+
+
 @pytest.mark.parametrize("slug", ["task_service", "svc2", "_internal", "payments_v2"])
 def test_good_slugs_pass(pre_gen: types.ModuleType, slug: str) -> None:
     pre_gen.check_slug(slug)
@@ -83,12 +98,54 @@ def test_good_slugs_pass(pre_gen: types.ModuleType, slug: str) -> None:
         ("asyncio", "shadow"),
         ("queue", "shadow"),
         ("logging", "shadow"),
+        ("test", "standard library"),
+        ("compression", "standard library"),
+        ("tests", "shadow"),
+        *((name, "installs") for name in SHADOWED_BY_DEPENDENCIES),
+        ("python_dotenv", "installs"),
+        ("pydantic_settings", "installs"),
+        ("prometheus_client", "installs"),
     ],
 )
 def test_bad_slugs_are_refused_with_the_problem_and_a_fix(pre_gen: types.ModuleType, slug: str, problem: str) -> None:
     with pytest.raises(pre_gen.AnswerError, match=problem) as refused:
         pre_gen.check_slug(slug)
     assert "project_slug=" in str(refused.value)  # the fix
+
+
+@pytest.mark.parametrize(
+    ("slug", "suggestion"),
+    [
+        ("test", "test_app"),
+        ("click", "click_app"),
+        ("task-service", "task_service"),
+        ("3d_service", "my_3d_service"),
+        ("TaskService", "task_service"),
+        ("class", "class_app"),
+        ("сервис", "task_service"),
+        ("Café-Orders", "cafe_orders"),
+    ],
+)
+def test_a_refused_slug_comes_with_a_suggestion_derived_from_it(
+    pre_gen: types.ModuleType, slug: str, suggestion: str
+) -> None:
+    assert pre_gen.suggest(slug) == suggestion
+    with pytest.raises(pre_gen.AnswerError, match=f"e.g. project_slug={suggestion}$"):
+        pre_gen.check_slug(slug)
+    pre_gen.check_slug(suggestion)
+
+
+def test_the_hook_refuses_every_name_of_the_dependency_closure(pre_gen: types.ModuleType) -> None:
+    """Computed from the installed packages: every distribution the generated pyproject.toml requires,
+    for every option and extra, walked through Requires-Dist, and the top-level modules each installs.
+    When this fails, regenerate the hook's list: `.venv/bin/python -m tests.dependency_closure --write`."""
+    closure = dependency_closure.compute()
+    names = closure.names()
+    # The walk reached what issue 18 found broken, so it is not vacuous.
+    assert set(SHADOWED_BY_DEPENDENCIES) <= names
+    assert {"python_dotenv", "pyyaml", "opentelemetry_sdk"} <= names
+    assert closure.missing <= {"hatchling"}, "install requirements-test.txt: the closure cannot be walked"
+    assert sorted(names - pre_gen.DEPENDENCY_NAMES) == []
 
 
 def test_the_pre_gen_hook_prints_one_line_and_fails(pre_gen: types.ModuleType, capsys) -> None:
@@ -184,3 +241,48 @@ def test_the_post_gen_hook_prints_the_next_steps(post_gen: types.ModuleType) -> 
     assert "kubectl apply -k deploy/kubernetes/overlays/production" in post_gen.next_steps(
         {**post_gen.CONTEXT, "project_slug": "svc", "kubernetes": "yes"}
     )
+
+
+@pytest.mark.parametrize("broker", BROKERS)
+def test_without_docker_the_next_steps_and_the_readme_say_how_to_start_the_broker(
+    post_gen: types.ModuleType, tmp_path: Path, broker: str
+) -> None:
+    steps = post_gen.next_steps({**post_gen.CONTEXT, "broker": broker, "use_docker": "no"})
+    assert "docker" not in steps.lower()
+    commands = [command for command, _ in post_gen.BROKER_START[broker] if command]
+    assert commands
+    assert all(command in steps for command in commands)
+    readme = (bake(tmp_path, broker=broker, use_docker="no", ci="none") / "README.md").read_text()
+    run_it = readme[readme.index("## Run it") : readme.index("## HTTP interface")]
+    # The README runs Kafka from its own folder (cd ~/kafka_...), the next steps from anywhere.
+    for command in commands:
+        assert command.replace(f"{post_gen.KAFKA}/", "") in run_it, command
+    assert "apt-get install" in run_it
+
+
+def test_with_docker_the_next_steps_start_the_broker_in_compose_and_point_to_the_alternative(
+    post_gen: types.ModuleType,
+) -> None:
+    steps = post_gen.next_steps({**post_gen.CONTEXT, "broker": "redis", "use_docker": "yes"})
+    assert "docker compose up -d redis" in steps
+    assert "no Docker engine: README.md" in steps
+
+
+def test_the_readme_gives_kafka_the_fault_listener_that_compose_and_the_fault_tests_use(tmp_path: Path) -> None:
+    """Without Docker, `server.properties` needs the FAULTS listener: on 9094, advertised as 127.0.0.1:19094."""
+    project = bake(tmp_path, broker="kafka", use_docker="yes", ci="none")
+    readme = (project / "README.md").read_text()
+    compose = (project / "docker-compose.yml").read_text()
+    conftest = (project / "tests" / "integration" / "conftest.py").read_text()
+    assert "FAULTS://:9094" in compose
+    assert "FAULTS://127.0.0.1:19094" in compose
+    assert '"KAFKA_PROXY_PORT", "19094"' in conftest
+    assert '"KAFKA_PROXY_UPSTREAM", "127.0.0.1:9094"' in conftest
+    for line in (
+        "listeners=PLAINTEXT://:9092,CONTROLLER://:9093,FAULTS://:9094",
+        "advertised.listeners=PLAINTEXT://localhost:9092,FAULTS://127.0.0.1:19094",
+        "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,FAULTS:PLAINTEXT",
+        "bin/kafka-storage.sh format",
+        "bin/kafka-server-start.sh",
+    ):
+        assert line in readme, line

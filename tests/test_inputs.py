@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import TEMPLATE, project_env, run
+from .test_hooks import SHADOWED_BY_DEPENDENCIES
 
 
 def generate(output: Path, *answers: str) -> subprocess.CompletedProcess[str]:
@@ -39,6 +40,9 @@ def our_error_lines(output: str) -> list[str]:
         ("project_slug=fastapi", "shadow"),
         ("project_slug=pika", "shadow"),
         ("project_slug=json", "shadow"),
+        ("project_slug=test", "standard library's module 'test'; pass project_slug=<"),
+        *((f"project_slug={name}", "that the project installs") for name in SHADOWED_BY_DEPENDENCIES),
+        ("project_name=Test", "e.g. project_slug=test_app"),
         ("project_name=3D Printer Queue", "not a Python identifier"),
         ("python_version=3.9", "python_version"),
     ],

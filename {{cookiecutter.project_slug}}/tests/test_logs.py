@@ -61,3 +61,14 @@ def test_in_json_mode_uvicorns_own_lines_are_json_too(capsys: pytest.CaptureFixt
         ("uvicorn.access", '127.0.0.1:5000 - "GET /health/live HTTP/1.1" 200'),
         ("uvicorn.error", "Shutting down"),
     ]
+
+
+def test_outside_a_task_the_attempt_is_a_dash_in_text_and_absent_from_json() -> None:
+    with log_context(task_id="t-3", request_id="r-3", task_type="process_image"):
+        text = logging.Formatter(TEXT_FORMAT).format(record("accepted"))
+        line = json.loads(JsonFormatter().format(record("accepted")))
+    assert "[task=t-3 type=process_image attempt=- request=r-3] accepted" in text
+    assert "attempt" not in line
+    idle = logging.Formatter(TEXT_FORMAT).format(record("idle"))
+    assert "attempt=0" not in idle
+    assert "attempt=-" in idle

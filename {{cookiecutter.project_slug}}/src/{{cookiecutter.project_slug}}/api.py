@@ -98,10 +98,11 @@ def invalid(errors: Iterable[Mapping[str, Any]], *prefix: str | int) -> RequestV
 
 async def read_task_request(request: Request, registry: RegistryDep) -> TaskRequest:
     """Parse and validate the body ourselves, so that any malformed input, even JSON nested too
-    deeply for Python's parser, is a 422 and never a 400 or a 500."""
+    deeply for Python's parser, is a 422 and never a 400 or a 500. A body declared as anything
+    but JSON is a 415; no Content-Type at all is taken as JSON."""
     media_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     if media_type != "application/json" and not media_type.endswith("+json"):
-        raise invalid([{"type": "content_type", "loc": (), "msg": "Content-Type must be application/json"}])
+        raise HTTPException(status_code=415, detail="Content-Type must be application/json")
     try:
         task = TaskRequest.model_validate_json(await request.body())
     except ValidationError as error:
@@ -128,6 +129,7 @@ async def read_task_request(request: Request, registry: RegistryDep) -> TaskRequ
     },
     responses={
         413: {"model": ErrorDetail, "description": "The body is over 1 MiB."},
+        415: {"model": ErrorDetail, "description": "The Content-Type is not application/json."},
         422: {"model": ValidationErrors, "description": "The body is not a valid task."},
         503: {"model": ErrorDetail, "description": "The broker did not accept the task; retry later."},
     },

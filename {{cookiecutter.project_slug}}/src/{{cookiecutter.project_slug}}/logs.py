@@ -32,7 +32,9 @@ def _record_with_context(*args: Any, **kwargs: Any) -> logging.LogRecord:
     record = _make_record(*args, **kwargs)
     record.task_id = task_id_var.get()
     record.task_type = task_type_var.get()
-    record.attempt = attempt_var.get()
+    # Attempts count from 1; 0 means no task is being handled (an API request, start-up): "-".
+    attempt = attempt_var.get()
+    record.attempt = attempt if attempt > 0 else "-"
     record.request_id = request_id_var.get()
     return record
 
@@ -52,7 +54,7 @@ class JsonFormatter(logging.Formatter):
         }
         for field in ("task_id", "task_type", "attempt", "request_id"):
             value = getattr(record, field, None)
-            if value not in (None, "-", 0):
+            if value not in (None, "-"):
                 line[field] = value
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 import uuid
 
@@ -14,6 +16,11 @@ from .logs import request_id_var
 from .tracing import request_span
 
 MAX_BODY_BYTES = 1024 * 1024
+# After a 413, read and discard up to this much more of the body, for at most DRAIN_SECONDS, so that
+# a client that writes its whole body before it reads gets the answer and not a connection reset
+# (the kernel resets a connection closed with unread data). A body declared larger is not read at all.
+DRAIN_MAX_BYTES = 16 * MAX_BODY_BYTES
+DRAIN_SECONDS = 5.0
 REQUEST_ID_HEADER = "X-Request-ID"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -22,9 +29,28 @@ def too_large_detail(limit: int) -> str:
     return f"request body exceeds {limit} bytes"
 
 
+async def discard_body(receive: Receive, more_body: bool = True) -> None:
+    """Read what is left of the request body, up to DRAIN_MAX_BYTES and DRAIN_SECONDS, and drop it."""
+
+    async def drain() -> None:
+        nonlocal more_body
+        drained = 0
+        while more_body and drained <= DRAIN_MAX_BYTES:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            drained += len(message.get("body", b""))
+            more_body = message.get("more_body", False)
+
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(drain(), timeout=DRAIN_SECONDS)
+
+
 class BodySizeLimit:
-    """Answers 413 before reading a body whose Content-Length is too large, and stops reading
-    a streamed body as soon as it passes the limit, so no request can exhaust memory."""
+    """Answers 413 to a body whose Content-Length is too large without passing it on, and stops
+    passing on a streamed body as soon as it exceeds the limit, so no request can exhaust memory.
+    Either way the rest of the body is read and dropped (up to a bound) before the answer, so the
+    client can read it."""
 
     def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES) -> None:
         self.app = app
@@ -34,8 +60,13 @@ class BodySizeLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = Headers(scope=scope).get("content-length")
+        headers = Headers(scope=scope)
+        declared = headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            # A client waiting for "100 Continue" has sent nothing yet; one declaring more than the
+            # drain bound would be cut off anyway.
+            if headers.get("expect", "").lower() != "100-continue" and int(declared) <= DRAIN_MAX_BYTES:
+                await discard_body(receive)
             response = JSONResponse({"detail": too_large_detail(self.max_bytes)}, status_code=413)
             await response(scope, receive, send)
             return
@@ -47,6 +78,7 @@ class BodySizeLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
+                    await discard_body(receive, message.get("more_body", False))
                     # FastAPI turns an HTTPException raised while it reads the body into this answer.
                     raise HTTPException(status_code=413, detail=too_large_detail(self.max_bytes))
             return message

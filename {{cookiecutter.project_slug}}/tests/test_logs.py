@@ -38,24 +38,30 @@ def test_outside_a_task_the_fields_are_left_out_of_json() -> None:
 def test_in_json_mode_uvicorns_own_lines_are_json_too(capsys: pytest.CaptureFixture[str]) -> None:
     """uvicorn sets up its loggers with text handlers before the app is imported (as in the image)."""
     loggers = [logging.getLogger(name) for name in UVICORN_LOGGERS]
-    saved = [(logger.handlers[:], logger.propagate) for logger in loggers]
+    saved = [(logger.handlers[:], logger.propagate, logger.level) for logger in loggers]
     root = logging.getLogger()
     root_handlers, root_level = root.handlers[:], root.level
+    error_logger = logging.getLogger("uvicorn.error")
+    error_level = error_logger.level
+    error_logger.setLevel(logging.NOTSET)
     plain = logging.StreamHandler()
     for logger in loggers:
         logger.handlers[:] = [plain]
         logger.propagate = False
+        logger.setLevel(logging.NOTSET)  # as uvicorn leaves them, whatever a server earlier in the run set
     try:
         configure_logging("INFO", "json")
         access = ("127.0.0.1:5000", "GET", "/health/live", "1.1", 200)
         logging.getLogger("uvicorn.access").info('%s - "%s %s HTTP/%s" %d', *access)
         logging.getLogger("uvicorn.error").info("Shutting down")
     finally:
-        for logger, (handlers, propagate) in zip(loggers, saved, strict=True):
+        for logger, (handlers, propagate, level) in zip(loggers, saved, strict=True):
             logger.handlers[:] = handlers
             logger.propagate = propagate
+            logger.setLevel(level)
         root.handlers[:] = root_handlers
         root.setLevel(root_level)
+        error_logger.setLevel(error_level)
     lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
     assert [(line["logger"], line["message"]) for line in lines] == [
         ("uvicorn.access", '127.0.0.1:5000 - "GET /health/live HTTP/1.1" 200'),

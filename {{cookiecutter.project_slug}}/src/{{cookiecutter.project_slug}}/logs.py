@@ -63,14 +63,15 @@ class JsonFormatter(logging.Formatter):
 
 def configure_logging(level: str, log_format: str = "text", quiet: tuple[str, ...] = ()) -> None:
     """One handler on the root logger, text for terminals or JSON lines for containers;
-    `quiet` loggers (a chatty client library's) log warnings only."""
+    `quiet` loggers (a client library's, whose connection errors the service reports itself, a
+    line a minute at most) say nothing below DEBUG."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
     for name in quiet:
-        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
+        logging.getLogger(name).setLevel(logging.DEBUG if root.level <= logging.DEBUG else logging.CRITICAL)
     if log_format == "json":
         # uvicorn gives its own loggers handlers of their own, in its text format: in JSON mode
         # they go through the root handler too, so that every line a container writes is JSON.

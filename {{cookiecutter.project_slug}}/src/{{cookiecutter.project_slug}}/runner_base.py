@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 
 logger = logging.getLogger(__name__)
 
 OUTAGE_LOG_SECONDS = 60.0  # how often a lasting outage is logged again
+# What the clients' errors say when the broker refused who we are, not that it was unreachable.
+REFUSED = re.compile(r"authenticat|access.?refused|not.?allowed|wrongpass|noauth|\bauth\b|sasl|authoriz|permission")
 
 
 class OutageLog:
@@ -22,7 +25,8 @@ class OutageLog:
         now = time.monotonic()
         if self._since is None or now - self._logged >= OUTAGE_LOG_SECONDS:
             lasting = "" if self._since is None else f" (for {now - self._since:.0f} s; still trying)"
-            logger.warning("%s lost the broker: %s%s", self._what, describe(error), lasting)
+            verb = "was refused by the broker" if refused(error) else "lost the broker"
+            logger.warning("%s %s: %s%s", self._what, verb, describe(error), lasting)
             self._logged = now
             self._since = self._since or now
         else:
@@ -35,7 +39,15 @@ class OutageLog:
 
 
 def describe(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    if refused(error):
+        return f"check the user, password and permissions in BROKER_URL ({text})"
+    return text
+
+
+def refused(error: BaseException) -> bool:
+    """The broker turned our credentials or permissions down: no retry will help until they change."""
+    return REFUSED.search(f"{type(error).__name__} {error}".lower()) is not None
 
 
 def log_stopped(finished: int, unstarted: int, interrupted: int) -> None:

@@ -55,6 +55,31 @@ def test_a_restarted_consumer_first_finishes_its_own_pending_list(
         assert eventually(lambda: probe.count(settings.queue_name) == 0)
 
 
+def test_a_consumer_that_stops_cleanly_leaves_the_group(
+    settings: Settings, registry: TaskRegistry, probe: Probe
+) -> None:
+    settings = settings.model_copy(update={"consumer_name": "leaving-cleanly"})
+    with TestClient(create_app(settings, registry=registry)) as client:
+        wait_ready(client)
+        assert "leaving-cleanly" in probe.consumers(settings.queue_name)
+    assert "leaving-cleanly" not in probe.consumers(settings.queue_name)
+
+
+def test_consumers_idle_with_nothing_pending_are_removed_and_busy_ones_kept(
+    settings: Settings, registry: TaskRegistry, probe: Probe
+) -> None:
+    probe.create_group(settings.queue_name)
+    probe.create_consumer(settings.queue_name, "gone-for-good")
+    probe.publish(settings.queue_name, CONTRACT_TASK % b"held")
+    assert probe.read_as(settings.queue_name, "gone-but-holding", 1)  # pending: it must stay
+    # Nothing is reclaimed meanwhile (an hour), so "gone-but-holding" keeps its message.
+    settings = settings.model_copy(update={"consumer_forget_seconds": 0.5, "claim_idle_seconds": 3600})
+    with TestClient(create_app(settings, registry=registry)) as client:
+        wait_ready(client)
+        assert eventually(lambda: "gone-for-good" not in probe.consumers(settings.queue_name), timeout=15)
+        assert "gone-but-holding" in probe.consumers(settings.queue_name)
+
+
 def test_a_dead_letter_keeps_the_original_body_with_the_reason(
     settings: Settings, registry: TaskRegistry, probe: Probe
 ) -> None:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, UnknownError
 
 from ...messages import TaskMessage, encode
 from ...runner_asynchronous import connect_in_background
@@ -63,6 +63,24 @@ def make_producer(settings: Settings, name: str) -> Any:
     )
 
 
+class IdempotenceRefused(KafkaError):  # type: ignore[misc]
+    """The broker cannot give us an idempotent producer."""
+
+
+async def start_producer(producer: Any, settings: Settings) -> None:
+    """Start it; where the broker has no idempotent producers (InitProducerId fails), say so and how to fix it."""
+    try:
+        await producer.start()
+    except UnknownError as error:
+        await producer.stop()
+        if not settings.producer_idempotence:
+            raise
+        raise IdempotenceRefused(
+            f"Kafka at {settings.broker_address} cannot start an idempotent producer (InitProducerId failed:"
+            f" {error!r}); for a broker without idempotent producers, set PRODUCER_IDEMPOTENCE=false"
+        ) from error
+
+
 class BrokerPublisher:
     """Sends with `acks=all`; 202 only once the send's delivery future resolved."""
 
@@ -81,7 +99,7 @@ class BrokerPublisher:
         producer = make_producer(self._settings, "publisher")
         try:
             await ensure_topics(self._settings)
-            await producer.start()
+            await start_producer(producer, self._settings)
         except BaseException:
             await producer.stop()
             raise
@@ -152,7 +170,7 @@ class BrokerTransport(PartitionedTransport):
         self._joined.clear()
         await ensure_topics(self._settings)
         self._producer = make_producer(self._settings, "dead-letters")
-        await self._producer.start()
+        await start_producer(self._producer, self._settings)
         session_ms = int(self._settings.session_timeout_seconds * 1000)
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=self._settings.bootstrap_servers,

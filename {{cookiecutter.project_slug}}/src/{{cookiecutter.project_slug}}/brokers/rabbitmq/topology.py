@@ -34,7 +34,7 @@ def retried_headers(headers: Mapping[str, Any] | None, retries: int) -> dict[str
 
 
 def copied_properties(original: Any, headers: Mapping[str, Any]) -> dict[str, Any]:
-    """The properties of a republished message, pika's or aio-pika's: the original's, new headers."""
+    """The properties of a republished message, whichever client's: the original's, with new headers."""
     return {
         "content_type": original.content_type or CONTENT_TYPE,
         "message_id": original.message_id,

@@ -5,6 +5,7 @@ cancelled in the middle of a command: the runner checks for a stop between short
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -76,6 +77,7 @@ class BrokerTransport:
     def __init__(self, settings: Settings) -> None:
         self._stream = streams.StreamConsumer(settings)
         self._client = make_client(settings, f"consumer:{settings.consumer_name}")
+        self._leaving = False
         self.capacity = settings.prefetch_count
 
     async def open(self) -> str:
@@ -87,6 +89,7 @@ class BrokerTransport:
         return deliveries
 
     async def unsubscribe(self) -> int:
+        self._leaving = True  # stopping for good: leave the group on close
         return 0  # nothing is delivered before it is read
 
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
@@ -100,4 +103,7 @@ class BrokerTransport:
 
     async def close(self) -> None:
         """Drop the connections (the next session makes new ones); what is in hand stays pending."""
+        if self._leaving:
+            with contextlib.suppress(RedisError):
+                await drive(self._client, self._stream.leave())
         await self._client.aclose()

@@ -26,6 +26,11 @@ class BrokerSettings(BaseSettings):
     consumer_name: str = Field(
         default_factory=default_consumer_name, min_length=1, description="This consumer's name in the group."
     )
+    consumer_forget_seconds: float = Field(
+        3600.0,
+        gt=0,
+        description="A consumer of the group idle this long with nothing pending is removed (a worker gone for good).",
+    )
     claim_idle_seconds: float = Field(
         30.0,
         gt=0,

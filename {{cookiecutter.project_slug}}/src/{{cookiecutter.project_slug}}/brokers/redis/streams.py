@@ -111,6 +111,7 @@ class StreamConsumer:
     in_hand: set[bytes] = field(default_factory=set)  # fetched, not yet settled
     own_pending: bytes | None = b"0"  # after a (re)connect, first finish our own pending list
     next_claim: float = 0.0
+    next_forget: float = 0.0
 
     @property
     def stream(self) -> str:
@@ -143,6 +144,9 @@ class StreamConsumer:
         if time.monotonic() >= self.next_claim:
             deliveries = yield from self._reclaim(max_count)
             self.next_claim = time.monotonic() + claim_interval(self.settings)
+        if time.monotonic() >= self.next_forget:
+            yield from self._forget_idle()
+            self.next_forget = time.monotonic() + min(60.0, self.settings.consumer_forget_seconds)
         free = max_count - len(deliveries)
         if free <= 0:
             return deliveries
@@ -169,6 +173,27 @@ class StreamConsumer:
         _, claimed, *_ = replies[-1]
         entries = [(entry_id, fields) for entry_id, fields in claimed if entry_id not in self.in_hand]
         return (yield from self._delivered(entries))
+
+    def _forget_idle(self) -> Steps[None]:
+        """Remove the consumers of workers gone for good (their names pile up across restarts):
+        idle for CONSUMER_FORGET_SECONDS, nothing pending. One still alive is back on its next read."""
+        [consumers] = yield Batch([call("xinfo_consumers", self.stream, self.group)])
+        idle_ms = self.settings.consumer_forget_seconds * 1000
+        gone = [
+            consumer["name"]
+            for consumer in consumers
+            if int(consumer["pending"]) == 0
+            and int(consumer["idle"]) >= idle_ms
+            and consumer["name"] != self.name.encode()
+        ]
+        if gone:
+            yield Batch([call("xgroup_delconsumer", self.stream, self.group, name) for name in gone])
+
+    def leave(self) -> Steps[None]:
+        """On a clean stop: take our name out of the group, unless messages are still pending under it."""
+        [pending] = yield Batch([call("xpending_range", self.stream, self.group, "-", "+", 1, consumername=self.name)])
+        if not pending:
+            yield Batch([call("xgroup_delconsumer", self.stream, self.group, self.name)])
 
     def _delivered(self, entries: list[Entry]) -> Steps[list[Delivery]]:
         """Deliveries for entries read again, with how often each was delivered (the pending list's count)."""

@@ -5,6 +5,7 @@ thread pool; the consumer's transport speaks streams.py's conversations from the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -78,6 +79,7 @@ class BrokerTransport:
         self._stream = streams.StreamConsumer(settings)
         self._client = make_client(settings, f"consumer:{settings.consumer_name}")
         # No more in hand than threads to run them: what waits unstarted would stay pending on shutdown.
+        self._leaving = False
         self.capacity = min(settings.prefetch_count, settings.handler_threads)
 
     def open(self) -> str:
@@ -92,6 +94,7 @@ class BrokerTransport:
         """Nothing to serve: redis-py has no background I/O."""
 
     def unsubscribe(self) -> int:
+        self._leaving = True  # stopping for good: leave the group on close
         return 0  # nothing is delivered before it is read
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
@@ -105,4 +108,7 @@ class BrokerTransport:
 
     def close(self) -> None:
         """Drop the connections (the next session makes new ones); what is in hand stays pending."""
+        if self._leaving:
+            with contextlib.suppress(redis.RedisError):
+                drive(self._client, self._stream.leave())
         self._client.close()

@@ -73,5 +73,13 @@ class Probe:
         )
         return [entry_id for _, entries in response or [] for entry_id, _ in entries]
 
+    def consumers(self, stream: str, group: str = GROUP) -> list[str]:
+        """The names of the group's consumers."""
+        return [consumer["name"].decode() for consumer in self._client.xinfo_consumers(stream, group)]
+
+    def create_consumer(self, stream: str, name: str, group: str = GROUP) -> None:
+        """A consumer that joins the group and never reads again: a worker gone for good."""
+        self._client.xgroup_createconsumer(stream, group, name)
+
     def delete(self, stream: str) -> None:
         self._client.delete(stream)

@@ -60,7 +60,9 @@ def make_proxy(broker_url: str) -> TcpProxy:
 {%- if cookiecutter.use_docker == "yes" %}
             "run `docker compose up -d kafka` (its FAULTS listener), or "
 {%- endif %}
-            "set KAFKA_PROXY_UPSTREAM to a listener that advertises 127.0.0.1:$KAFKA_PROXY_PORT",
+            "give Kafka a FAULTS listener on 9094 advertised as 127.0.0.1:19094 in server.properties"
+            " (README.md, 'Run it'), or set KAFKA_PROXY_UPSTREAM to a listener that advertises"
+            " 127.0.0.1:$KAFKA_PROXY_PORT",
             pytrace=False,
         )
     return TcpProxy(host, int(port), port=PROXY_PORT)

@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .brokers import BrokerUnavailable, Consumer, Publisher
+from .brokers.memory import is_memory
 from .logs import log_context, request_id_var
 from .messages import PUBLISHED_AT_HEADER, REQUEST_ID_HEADER, TaskMessage
 from .metrics import PUBLISH_FAILURES, TASKS_PUBLISHED
@@ -50,7 +51,7 @@ class ErrorDetail(BaseModel):
 
 class Readiness(BaseModel):
     status: Literal["ready", "not ready"]
-    broker: Literal["ok", "unavailable"]
+    broker: Literal["ok", "unavailable", "memory"]  # memory: BROKER_URL=memory://, nothing durable
     consumer: Literal["running", "stopped", "disabled"]
 
 
@@ -175,7 +176,7 @@ async def ready(response: Response, settings: SettingsDep, publisher: PublisherD
     response.status_code = 200 if is_ready else 503
     return Readiness(
         status="ready" if is_ready else "not ready",
-        broker="ok" if broker_ok else "unavailable",
+        broker="memory" if is_memory(settings) else "ok" if broker_ok else "unavailable",
         consumer=consumer_state,
     )
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 
 from . import handlers
 from .brokers.factory import CLIENT_LOGGERS, make_consumer
+from .brokers.memory import is_memory
 from .logs import configure_logging
 from .processing import Processor
 from .settings import Settings, get_settings
@@ -39,6 +41,11 @@ async def run(settings: Settings) -> None:
 
 def main() -> None:
     settings = get_settings()
+    if is_memory(settings):
+        sys.exit(
+            "ERROR: BROKER_URL=memory:// keeps tasks in the API process's own memory, which a worker alone"
+            f" cannot share; run the API (uvicorn {__package__}.main:app), or point BROKER_URL at the broker"
+        )
     configure_logging(settings.log_level, settings.log_format, quiet=CLIENT_LOGGERS)
     configure_tracing(settings)
     asyncio.run(run(settings))

@@ -19,9 +19,10 @@ def broker_url_field(default: str) -> Any:
 
 
 def check_scheme(url: str, schemes: Mapping[str, int]) -> str:
-    """`url`, if its scheme is one of the broker's; a clear error otherwise."""
-    if urlsplit(url).scheme not in schemes:
-        raise ValueError(f"BROKER_URL must start with {' or '.join(scheme + '://' for scheme in schemes)}")
+    """`url`, if its scheme is one of the broker's (or memory://, for a first look); a clear error otherwise."""
+    if urlsplit(url).scheme not in {*schemes, "memory"}:
+        allowed = [scheme + "://" for scheme in schemes]
+        raise ValueError(f"BROKER_URL must start with {' or '.join(allowed)} (or be memory:// for a first look)")
     return url
 
 

@@ -67,18 +67,12 @@ class BrokerPublisher:
         await self._client.aclose()
 
 
-class BrokerTransport:
+class BrokerTransport(streams.StreamTransport):
     """The consumer's side: one named consumer of the group, driven by the runner's task."""
 
-    errors: tuple[type[BaseException], ...] = (RedisError,)
-    retry_in_place = False  # a retry stays pending, and is claimed again once idle
-    finish_unstarted = True  # what is left pending is claimed again only after CLAIM_IDLE_SECONDS
-
     def __init__(self, settings: Settings) -> None:
-        self._stream = streams.StreamConsumer(settings)
+        super().__init__(settings, capacity=settings.prefetch_count)
         self._client = make_client(settings, f"consumer:{settings.consumer_name}")
-        self._leaving = False
-        self.capacity = settings.prefetch_count
 
     async def open(self) -> str:
         await drive(self._client, self._stream.declare())
@@ -89,7 +83,7 @@ class BrokerTransport:
         return deliveries
 
     async def unsubscribe(self) -> int:
-        self._leaving = True  # stopping for good: leave the group on close
+        self._leaving = True
         return 0  # nothing is delivered before it is read
 
     async def ack(self, deliveries: Sequence[Delivery]) -> None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import RedisError
 from redis.typing import EncodableT, FieldT
 
 from ..base import Delivery, text_headers
@@ -236,6 +237,19 @@ class StreamConsumer:
             ],
             transaction=True,
         )
+
+
+class StreamTransport:
+    """What both Redis transports tell the runner, and the consumer state they share."""
+
+    errors: tuple[type[BaseException], ...] = (RedisError,)
+    retry_in_place = False  # a retry stays pending, and is claimed again once idle
+    finish_unstarted = True  # what is left pending is claimed again only after CLAIM_IDLE_SECONDS
+
+    def __init__(self, settings: Settings, capacity: int) -> None:
+        self._stream = StreamConsumer(settings)
+        self.capacity = capacity
+        self._leaving = False  # stopping for good: leave the group on close
 
 
 def claim_interval(settings: Settings) -> float:

@@ -68,19 +68,13 @@ class BrokerPublisher:
         self._client.close()
 
 
-class BrokerTransport:
+class BrokerTransport(streams.StreamTransport):
     """The consumer's side: one named consumer of the group, driven by the runner's thread."""
 
-    errors: tuple[type[BaseException], ...] = (redis.RedisError,)
-    retry_in_place = False  # a retry stays pending, and is claimed again once idle
-    finish_unstarted = True  # what is left pending is claimed again only after CLAIM_IDLE_SECONDS
-
     def __init__(self, settings: Settings) -> None:
-        self._stream = streams.StreamConsumer(settings)
-        self._client = make_client(settings, f"consumer:{settings.consumer_name}")
         # No more in hand than threads to run them: what waits unstarted would stay pending on shutdown.
-        self._leaving = False
-        self.capacity = min(settings.prefetch_count, settings.handler_threads)
+        super().__init__(settings, capacity=min(settings.prefetch_count, settings.handler_threads))
+        self._client = make_client(settings, f"consumer:{settings.consumer_name}")
 
     def open(self) -> str:
         drive(self._client, self._stream.declare())
@@ -94,7 +88,7 @@ class BrokerTransport:
         """Nothing to serve: redis-py has no background I/O."""
 
     def unsubscribe(self) -> int:
-        self._leaving = True  # stopping for good: leave the group on close
+        self._leaving = True
         return 0  # nothing is delivered before it is read
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:

@@ -153,7 +153,7 @@ class Runner:
 
     async def _step(self, in_hand: InHand) -> None:
         """Take what there is room for, or wait until there is room."""
-        if in_hand.lane_broken:
+        if in_hand.lane_broken and not self._stopping.is_set():  # stopping: the drain follows
             raise RuntimeError("a message of an ordered lane was not settled; reading it again from the broker")
         free = self._transport.capacity - len(in_hand)
         if free <= 0:

@@ -296,12 +296,16 @@ def secret_name(rendered: Deployment) -> str:
 SETTINGS_PROBE = """
 import json, os, sys
 from task_service.settings import Settings
+try:
+    from task_service.brokers.kafka.records import group_id  # Kafka's group: CONSUMER_GROUP or <QUEUE_NAME>.workers
+except ImportError:
+    group_id = None
 defaults = Settings(_env_file=None)
 configured = Settings(_env_file=None, **{k.lower(): v for k, v in json.loads(sys.argv[1]).items()})
 fields = set(Settings.model_fields)
 def view(s):
     out = s.model_dump()
-    out["group_id"] = getattr(s, "group_id", out.get("consumer_group"))
+    out["group_id"] = group_id(s) if group_id else out.get("consumer_group")
     return out
 print(json.dumps({"defaults": view(defaults), "configured": view(configured), "fields": sorted(fields)}))
 """

@@ -94,8 +94,8 @@ def test_a_worker_stopped_mid_stream_loses_nothing(
     second = start_worker(settings, second_log)
     try:
         assert eventually(lambda: processed() >= set(sent), timeout=60), sorted(set(sent) - processed())
-        # What the first handled but never acknowledged is the second's to settle (on Redis, once it
-        # has been idle CLAIM_IDLE_SECONDS), while it runs: the queue empties before it stops.
+        # What the first handled but never acknowledged is the second's to settle (where the broker
+        # waits a while before another consumer may claim it, after that), while it runs.
         assert eventually(lambda: probe.count(settings.queue_name) == 0, timeout=30)
     finally:
         second.send_signal(signal.SIGTERM)

@@ -1,11 +1,10 @@
-"""Creating the task and dead-letter topics with confluent-kafka's admin client, in steps that
-never block: the publisher's thread keeps polling its producer meanwhile, the consumer's keeps
-an eye on stop()."""
+"""Creating the task and dead-letter topics with confluent-kafka's admin client: in steps that
+never block, for the publisher's thread (it keeps polling its producer meanwhile), or waiting a
+bounded time, for the consumer's transport as it opens."""
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Mapping
 from concurrent.futures import Future, wait
@@ -60,7 +59,7 @@ def ensure_topics(settings: Settings) -> None:
 
 class TopicCreation:
     """Creates the topics if missing, retrying with backoff, in steps that never block: the
-    publisher's thread keeps polling its producer meanwhile, the consumer's keeps an eye on stop()."""
+    publisher's thread keeps polling its producer meanwhile."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
@@ -89,12 +88,3 @@ class TopicCreation:
         else:
             self.done = True
             logger.info("topics %r and %r are there", self._settings.queue_name, self._settings.dead_letter_queue)
-
-    def wait(self, stopping: threading.Event) -> bool:
-        """Step until the topics are there (True) or `stopping` is set (False)."""
-        self.step()
-        while not self.done:
-            if stopping.wait(POLL_SECONDS):
-                return False
-            self.step()
-        return True

@@ -14,7 +14,7 @@ import pytest
 from {{ cookiecutter.project_slug }}.brokers.base import Delivery
 from {{ cookiecutter.project_slug }}.messages import TaskMessage, encode
 from {{ cookiecutter.project_slug }}.processing import Processor
-from {{ cookiecutter.project_slug }}.runner_asynchronous import Runner
+from {{ cookiecutter.project_slug }}.runner_asynchronous import Acknowledger, InHand, Runner, Settling
 from {{ cookiecutter.project_slug }}.settings import Settings
 from {{ cookiecutter.project_slug }}.tasks import TaskRegistry
 
@@ -156,3 +156,111 @@ def test_stopping_finishes_what_runs_and_says_so(
     assert len(transport.acked) == 4
     assert not runner.is_running()
     assert "consumer stopped: 4 message(s) finished while draining, 0 returned unstarted, 0 interrupted" in caplog.text
+
+
+def test_after_a_message_left_unsettled_nothing_more_of_its_lane_runs() -> None:
+    """What comes later in the lane, even fetched after the failure, waits to be delivered again."""
+    handled: list[bytes] = []
+
+    async def handle(delivery: Delivery) -> Settling:
+        handled.append(delivery.body)
+        return Settling.LEFT if delivery.body == b"unsettled" else Settling.DONE
+
+    async def main() -> InHand:
+        in_hand = InHand(handle)
+        in_hand.add(Delivery(b"unsettled", {}, 0, None, "lane"))
+        in_hand.add(Delivery(b"queued behind it", {}, 0, None, "lane"))
+        await in_hand.wait_empty(time.monotonic() + 5)
+        in_hand.add(Delivery(b"fetched after it", {}, 0, None, "lane"))
+        in_hand.add(Delivery(b"another lane", {}, 0, None, "other"))
+        await in_hand.wait_empty(time.monotonic() + 5)
+        return in_hand
+
+    in_hand = asyncio.run(main())
+    assert handled == [b"unsettled", b"another lane"]
+    assert in_hand.lane_broken
+    assert len(in_hand) == 0
+
+
+def test_what_is_handled_while_an_acknowledgement_is_under_way_goes_in_the_next_batch() -> None:
+    class SlowAcks(FakeTransport):
+        def __init__(self) -> None:
+            super().__init__([])
+            self.batches: list[list[bytes]] = []
+            self.answer = asyncio.Event()
+
+        async def ack(self, deliveries: Sequence[Delivery]) -> None:
+            self.batches.append([delivery.body for delivery in deliveries])
+            await self.answer.wait()
+            self.answer.clear()
+
+    transport = SlowAcks()
+    released: list[int] = []
+
+    async def main() -> None:
+        acks = Acknowledger(transport, released.append)
+        acks.add(Delivery(b"1", {}, 0, None))
+        await asyncio.sleep(0)  # the first batch goes out
+        acks.add(Delivery(b"2", {}, 0, None))
+        acks.add(Delivery(b"3", {}, 0, None))
+        assert released == []
+        for answered in (1, 2):
+            transport.answer.set()
+            while len(released) < answered:  # noqa: ASYNC110 - each batch is released once answered
+                await asyncio.sleep(0)
+
+    asyncio.run(asyncio.wait_for(main(), 5))
+    assert transport.batches == [[b"1"], [b"2", b"3"]]
+    assert released == [1, 2]
+
+
+def test_an_acknowledgement_that_fails_releases_its_batch_to_be_delivered_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class LostAcks(FakeTransport):
+        async def ack(self, deliveries: Sequence[Delivery]) -> None:
+            raise Lost("cut")
+
+    released: list[int] = []
+
+    async def main() -> None:
+        acks = Acknowledger(LostAcks([]), released.append)
+        acks.add(Delivery(b"1", {}, 0, None))
+        while not released:  # noqa: ASYNC110 - released once the broker refused
+            await asyncio.sleep(0)
+
+    asyncio.run(asyncio.wait_for(main(), 5))
+    assert released == [1]
+    assert "could not acknowledge 1 message(s); they will be delivered again" in caplog.text
+
+
+def test_a_message_stays_in_hand_until_it_is_acknowledged(registry: TaskRegistry) -> None:
+    class HeldAcks(FakeTransport):
+        def __init__(self, bodies: Sequence[bytes]) -> None:
+            super().__init__(bodies, capacity=2)
+            self.answer = asyncio.Event()
+            self.asked = 0
+
+        async def ack(self, deliveries: Sequence[Delivery]) -> None:
+            self.asked += 1
+            await self.answer.wait()
+            await super().ack(deliveries)
+
+    transport = HeldAcks([task("record", f"t-{n}") for n in range(6)])
+
+    async def main() -> int:
+        runner = Runner(transport, Processor(registry, 2), Settings(shutdown_timeout_seconds=5))
+        await runner.start()
+        deadline = time.monotonic() + 5
+        while transport.asked == 0 and time.monotonic() < deadline:  # noqa: ASYNC110 - a plain condition, with a deadline
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)  # time to take more, were it (wrongly) allowed to
+        fetched_while_held = transport.most_in_hand
+        transport.answer.set()
+        while len(transport.acked) < 6 and time.monotonic() < deadline + 5:  # noqa: ASYNC110 - as above
+            await asyncio.sleep(0.01)
+        await runner.stop()
+        return fetched_while_held
+
+    assert asyncio.run(main()) == 2
+    assert len(transport.acked) == 6

@@ -9,13 +9,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from {{ cookiecutter.project_slug }}.brokers.base import Delivery
 from {{ cookiecutter.project_slug }}.messages import TaskMessage, encode
-from {{ cookiecutter.project_slug }}.processing import Processor
-from {{ cookiecutter.project_slug }}.runner_threaded import Runner
+from {{ cookiecutter.project_slug }}.processing import Outcome, Processor, Verdict
+from {{ cookiecutter.project_slug }}.runner_threaded import InHand, Runner
 from {{ cookiecutter.project_slug }}.settings import Settings
 from {{ cookiecutter.project_slug }}.tasks import TaskRegistry
 
@@ -187,3 +188,31 @@ def test_stopping_finishes_what_runs_and_says_so(
     assert len(transport.acked) == 4
     assert not runner.is_running()
     assert "consumer stopped: 4 message(s) finished while draining, 0 returned unstarted, 0 interrupted" in caplog.text
+
+
+def test_after_a_message_left_unsettled_nothing_more_of_its_lane_runs() -> None:
+    """What comes later in the lane, even fetched after the failure, waits to be delivered again."""
+    handled: list[bytes] = []
+
+    def handle(delivery: Delivery) -> tuple[Delivery, Verdict] | None:
+        handled.append(delivery.body)
+        return None if delivery.body == b"unsettled" else (delivery, Verdict(Outcome.SUCCEEDED))
+
+    def settle_all(in_hand: InHand) -> list[bytes]:
+        settled = []
+        deadline = time.monotonic() + 5
+        while len(in_hand) and time.monotonic() < deadline:
+            settled += [delivery.body for delivery, _ in in_hand.finished(0.1)]
+        return settled
+
+    with ThreadPoolExecutor(2) as pool:
+        in_hand = InHand(pool, handle)
+        in_hand.add(Delivery(b"unsettled", {}, 0, None, "lane"))
+        in_hand.add(Delivery(b"queued behind it", {}, 0, None, "lane"))
+        assert settle_all(in_hand) == []
+        in_hand.add(Delivery(b"fetched after it", {}, 0, None, "lane"))
+        in_hand.add(Delivery(b"another lane", {}, 0, None, "other"))
+        assert settle_all(in_hand) == [b"another lane"]
+    assert handled == [b"unsettled", b"another lane"]
+    assert in_hand.lane_broken
+    assert len(in_hand) == 0

@@ -8,14 +8,15 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import enum
 import logging
 import time
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from .brokers.base import Backoff, Delivery
-from .processing import Outcome, Processor, Verdict
-from .runner_base import OutageLog, describe, log_stopped
+from .processing import Outcome, Processor
+from .runner_base import OutageLog, describe, log_stopped, refill_size
 from .settlement import retry_pause, settlement
 
 if TYPE_CHECKING:
@@ -137,7 +138,8 @@ class Runner:
 
     async def _session(self, connected: Callable[[], None]) -> None:
         """One connection: consume until stopping (then drain) or until the connection fails."""
-        in_hand = InHand(self._handle)
+        in_hand = InHand(lambda delivery: self._handle(delivery, acks))
+        acks = Acknowledger(self._transport, in_hand.release)
         try:
             source = await self._transport.open()
             connected()
@@ -149,43 +151,43 @@ class Runner:
         finally:
             self._consuming = False
             in_hand.cancel()  # after a lost connection: what is in hand is delivered again anyway
+            acks.cancel()
             await self._transport.close()
 
     async def _step(self, in_hand: InHand) -> None:
-        """Take what there is room for, or wait until there is room."""
+        """Take what there is room for, or wait until there is room for a batch."""
         if in_hand.lane_broken and not self._stopping.is_set():  # stopping: the drain follows
             raise RuntimeError("a message of an ordered lane was not settled; reading it again from the broker")
-        free = self._transport.capacity - len(in_hand)
-        if free <= 0:
-            await in_hand.wait_for_room(IDLE_FETCH_SECONDS, self._stopping)
+        capacity = self._transport.capacity
+        free = capacity - len(in_hand)
+        if free < refill_size(capacity):
+            await in_hand.wait_for_room(capacity - refill_size(capacity), IDLE_FETCH_SECONDS, self._stopping)
             return
         for delivery in await self._transport.fetch(free, IDLE_FETCH_SECONDS):
             in_hand.add(delivery)
 
-    async def _handle(self, delivery: Delivery) -> bool:
-        """Process, then settle; False when the message was left unsettled (it is delivered again)."""
+    async def _handle(self, delivery: Delivery, acks: Acknowledger) -> Settling:
+        """Process, then settle: a retry or a dead letter at once, an acknowledgement in the next batch."""
         while True:
             verdict = await self._processor.process(delivery.body, delivery.retries, delivery.headers)
             if verdict.outcome is not Outcome.RETRIED or not self._transport.retry_in_place:
                 break
             if await sleep_unless_stopping(self._stopping, retry_pause(delivery.retries + 1)):
-                return False
+                return Settling.LEFT
             delivery = dataclasses.replace(delivery, retries=delivery.retries + 1)
+        plan = settlement([(delivery, verdict)])
+        if plan.acks:
+            acks.add(delivery)
+            return Settling.ACKING
         try:
-            await self._settle([(delivery, verdict)])
+            for retried in plan.retries:
+                await self._transport.retry(retried)
+            for dead, reason in plan.dead_letters:
+                await self._transport.dead_letter(dead, reason)
         except self._transport.errors as error:
             logger.warning("could not settle a message; it will be delivered again: %s", describe(error))
-            return False
-        return True
-
-    async def _settle(self, finished: list[tuple[Delivery, Verdict]]) -> None:
-        plan = settlement(finished)
-        for delivery in plan.retries:
-            await self._transport.retry(delivery)
-        for delivery, reason in plan.dead_letters:
-            await self._transport.dead_letter(delivery, reason)
-        if plan.acks:
-            await self._transport.ack(plan.acks)
+            return Settling.LEFT
+        return Settling.DONE
 
     async def _drain(self, in_hand: InHand) -> None:
         """Take nothing new; finish what runs; leave the rest unsettled, so the broker delivers it again."""
@@ -198,24 +200,40 @@ class Runner:
         log_stopped(held - interrupted, unstarted, interrupted)
 
 
+class Settling(enum.Enum):
+    """Where a handled delivery stands."""
+
+    DONE = "settled"
+    ACKING = "in the next acknowledgement"  # in hand until the Acknowledger releases it
+    LEFT = "left unsettled"  # the broker delivers it again
+
+
 class InHand:
     """The deliveries one connection holds, from fetch to settle, each handled in a task; the
     deliveries of one lane one at a time, in the order they came."""
 
-    def __init__(self, handle: Callable[[Delivery], Awaitable[bool]]) -> None:
+    def __init__(self, handle: Callable[[Delivery], Awaitable[Settling]]) -> None:
         self._handle = handle
         self._tasks: set[asyncio.Task[None]] = set()
         self._lanes: dict[Hashable, collections.deque[Delivery]] = {}  # lanes busy, with what waits in each
+        self._broken: set[Hashable] = set()  # lanes that left a message unsettled: nothing more of them runs
         self._count = 0
         self._room = asyncio.Event()
-        self.lane_broken = False  # a lane lost a message unsettled: nothing after it may be settled
+        self._room_at = 0  # set `_room` once no more than this many are in hand
 
     def __len__(self) -> int:
         return self._count
 
+    @property
+    def lane_broken(self) -> bool:
+        """A lane lost a message unsettled: nothing after it may be settled."""
+        return bool(self._broken)
+
     def add(self, delivery: Delivery) -> None:
-        self._count += 1
         lane = delivery.lane
+        if lane in self._broken:
+            return  # not settled: it is delivered again, after the message its lane left unsettled
+        self._count += 1
         if lane is not None:
             if lane in self._lanes:
                 self._lanes[lane].append(delivery)
@@ -226,33 +244,46 @@ class InHand:
         task.add_done_callback(self._tasks.discard)
 
     async def _run(self, delivery: Delivery | None) -> None:
-        """One delivery, then the rest of its lane."""
+        """One delivery, then the rest of its lane. A delivery is in hand until it is settled; the
+        lane goes on while its acknowledgement is under way."""
         while delivery is not None:
+            settling = Settling.LEFT
             try:
-                settled = await self._handle(delivery)
+                settling = await self._handle(delivery)
             finally:
-                self._count -= 1
-                self._room.set()
-            delivery = self._next_in_lane(delivery.lane, failed=not settled)
+                if settling is not Settling.ACKING:
+                    self.release(1)
+            delivery = self._next_in_lane(delivery.lane, failed=settling is Settling.LEFT)
+
+    def release(self, count: int) -> None:
+        """`count` deliveries are settled, or will be delivered again: no longer in hand."""
+        self._count -= count
+        if self._count <= self._room_at:
+            self._room.set()
 
     def _next_in_lane(self, lane: Hashable | None, failed: bool) -> Delivery | None:
         if lane is None:
             return None
         waiting = self._lanes[lane]
         if failed:
-            # Not settled: what came after it in the lane must not be settled before it is delivered again.
-            self._count -= len(waiting)
+            # Not settled: what comes after it in the lane must not be settled before it is delivered again.
+            self._broken.add(lane)
+            self.release(len(waiting))
             waiting.clear()
-            self.lane_broken = True
         if waiting:
             return waiting.popleft()
         del self._lanes[lane]
         return None
 
-    async def wait_for_room(self, wait_seconds: float, stopping: asyncio.Event) -> None:
-        """Until a delivery is settled, or `stopping` is set, for `wait_seconds` at most."""
+    async def wait_for_room(self, most: int, wait_seconds: float, stopping: asyncio.Event | None = None) -> None:
+        """Until no more than `most` are in hand, or `stopping` is set, for `wait_seconds` at most."""
+        self._room_at = most
+        if self._count <= most:
+            return
         self._room.clear()
-        waits = {asyncio.ensure_future(self._room.wait()), asyncio.ensure_future(stopping.wait())}
+        waits = {asyncio.ensure_future(self._room.wait())}
+        if stopping is not None:
+            waits.add(asyncio.ensure_future(stopping.wait()))
         _, pending = await asyncio.wait(waits, timeout=wait_seconds, return_when=asyncio.FIRST_COMPLETED)
         for waiting in pending:
             waiting.cancel()
@@ -262,12 +293,12 @@ class InHand:
         dropped = sum(len(waiting) for waiting in self._lanes.values())
         for waiting in self._lanes.values():
             waiting.clear()
-        self._count -= dropped
+        self.release(dropped)
         return dropped
 
     async def wait_empty(self, deadline: float) -> None:
-        while self._tasks and time.monotonic() < deadline:
-            await asyncio.wait(set(self._tasks), timeout=deadline - time.monotonic())
+        while self._count > 0 and (left := deadline - time.monotonic()) > 0:
+            await self.wait_for_room(0, left)
 
     def cancel(self) -> int:
         """Cancel every task still running; return how many deliveries they held."""
@@ -275,3 +306,39 @@ class InHand:
         for task in self._tasks:
             task.cancel()
         return held
+
+
+class Acknowledger:
+    """Acknowledges in batches, one batch at a time: each holds what was handled while the one
+    before was under way. An idle consumer acknowledges at once; a busy one once per round trip,
+    not once per message. The runner's bound on messages in hand bounds the batch."""
+
+    def __init__(self, transport: Transport, release: Callable[[int], None]) -> None:
+        self._transport = transport
+        self._release = release  # called with how many left hand: acknowledged, or to be delivered again
+        self._waiting: list[Delivery] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, delivery: Delivery) -> None:
+        self._waiting.append(delivery)
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._send(), name="broker-acks")
+
+    async def _send(self) -> None:
+        while self._waiting:
+            batch, self._waiting = self._waiting, []
+            try:
+                await self._transport.ack(batch)
+            except self._transport.errors as error:
+                logger.warning(
+                    "could not acknowledge %d message(s); they will be delivered again: %s", len(batch), describe(error)
+                )
+            finally:
+                self._release(len(batch))
+
+    def cancel(self) -> None:
+        """The connection is gone: what waits is delivered again."""
+        if self._task is not None:
+            self._task.cancel()
+        self._release(len(self._waiting))
+        self._waiting.clear()

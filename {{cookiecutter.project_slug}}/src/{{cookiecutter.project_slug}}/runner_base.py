@@ -50,6 +50,11 @@ def refused(error: BaseException) -> bool:
     return REFUSED.search(f"{type(error).__name__} {error}".lower()) is not None
 
 
+def refill_size(capacity: int) -> int:
+    """Fetch once this many can be taken: a fetch per message, once the consumer is full, costs more than the wait."""
+    return max(1, capacity // 4)
+
+
 def log_stopped(finished: int, unstarted: int, interrupted: int) -> None:
     """The consumer's last line, in the same words for every broker and style."""
     logger.info(

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from .brokers.base import Backoff, Delivery
 from .processing import Outcome, Processor, Verdict
-from .runner_base import OutageLog, log_stopped
+from .runner_base import OutageLog, log_stopped, refill_size
 from .settlement import retry_pause, settlement
 
 if TYPE_CHECKING:
@@ -141,7 +141,7 @@ class Runner:
         if in_hand.lane_broken and not self._stopping.is_set():  # stopping: the drain follows
             raise RuntimeError("a message of an ordered lane was not settled; reading it again from the broker")
         free = self._transport.capacity - len(in_hand)
-        if free <= 0:
+        if free < refill_size(self._transport.capacity):
             self._settle(in_hand.finished(BUSY_FETCH_SECONDS))
             self._transport.pump()
             return
@@ -187,17 +187,20 @@ class Runner:
 
 
 class InHand:
-    """The deliveries one connection holds, from fetch to settle. Used by the consumer's thread
-    only; handler threads just put their results on a queue. Deliveries of one lane run one at a
-    time, in the order they came."""
+    """The deliveries one connection holds, from fetch to settle. The consumer's thread adds and
+    settles them; handler threads put each result on a queue as it is ready. The deliveries of one
+    lane run one at a time, in the order they came, in one handler thread that takes each next one
+    itself, with no hop back to the consumer's thread."""
 
     def __init__(self, pool: ThreadPoolExecutor, handle: Callable[[Delivery], tuple[Delivery, Verdict] | None]) -> None:
         self._pool = pool
         self._handle = handle
-        self._results: queue.SimpleQueue[tuple[Delivery, Future[tuple[Delivery, Verdict] | None]]] = queue.SimpleQueue()
-        self._running: dict[Delivery, Future[tuple[Delivery, Verdict] | None]] = {}
+        self._results: queue.SimpleQueue[tuple[Delivery, tuple[Delivery, Verdict] | None]] = queue.SimpleQueue()
+        self._lock = threading.Lock()  # for what handler threads touch too: the lanes and the runs
         self._lanes: dict[Hashable, collections.deque[Delivery]] = {}  # lanes busy, with what waits in each
-        self._count = 0
+        self._broken: set[Hashable] = set()  # lanes that left a message unsettled: nothing more of them runs
+        self._runs: set[Future[None]] = set()
+        self._count = 0  # the consumer's thread's alone
         self.lane_broken = False  # a lane lost a message unsettled: nothing after it may be settled
 
     def __len__(self) -> int:
@@ -207,19 +210,52 @@ class InHand:
         self._count += 1
         lane = delivery.lane
         if lane is not None:
-            if lane in self._lanes:
-                self._lanes[lane].append(delivery)
-                return
-            self._lanes[lane] = collections.deque()
-        self._submit(delivery)
+            with self._lock:
+                if lane in self._broken:
+                    self._results.put((delivery, None))
+                    return
+                if lane in self._lanes:
+                    self._lanes[lane].append(delivery)
+                    return
+                self._lanes[lane] = collections.deque()
+        future = self._pool.submit(self._run, delivery)
+        with self._lock:
+            self._runs.add(future)
+        future.add_done_callback(self._forget_run)
 
-    def _submit(self, delivery: Delivery) -> None:
-        future = self._pool.submit(self._handle, delivery)
-        self._running[delivery] = future
-        future.add_done_callback(lambda done: self._results.put((delivery, done)))
+    def _forget_run(self, future: Future[None]) -> None:
+        with self._lock:
+            self._runs.discard(future)
+
+    def _run(self, delivery: Delivery | None) -> None:
+        """In a handler thread: one delivery, then the rest of its lane."""
+        while delivery is not None:
+            try:
+                outcome = self._handle(delivery)
+            except Exception:
+                # The processor never raises for a message; this is a bug, or the interpreter shutting down.
+                logger.exception("processing crashed; the message will be delivered again")
+                outcome = None
+            self._results.put((delivery, outcome))
+            delivery = self._next_in_lane(delivery.lane, failed=outcome is None)
+
+    def _next_in_lane(self, lane: Hashable | None, failed: bool) -> Delivery | None:
+        if lane is None:
+            return None
+        with self._lock:
+            waiting = self._lanes[lane]
+            if waiting and not failed:
+                return waiting.popleft()
+            del self._lanes[lane]
+            if failed:
+                # Not settled: what comes after it in the lane must not be settled before it is delivered again.
+                self._broken.add(lane)
+        for dropped in waiting:
+            self._results.put((dropped, None))
+        return None
 
     def finished(self, timeout: float) -> list[tuple[Delivery, Verdict]]:
-        """What handlers finished, waiting up to `timeout` for the first; starts each lane's next."""
+        """What handlers finished, waiting up to `timeout` for the first."""
         results = []
         try:
             results.append(self._results.get(timeout=timeout) if timeout else self._results.get_nowait())
@@ -228,46 +264,21 @@ class InHand:
         except queue.Empty:
             pass
         settled = []
-        for delivery, future in results:
+        for delivery, outcome in results:
             self._count -= 1
-            del self._running[delivery]
-            outcome = self._outcome(delivery, future)
             if outcome is not None:
                 settled.append(outcome)
-            self._next_in_lane(delivery.lane, failed=outcome is None)
+            elif delivery.lane is not None:
+                self.lane_broken = True
         return settled
 
-    def _outcome(
-        self, delivery: Delivery, future: Future[tuple[Delivery, Verdict] | None]
-    ) -> tuple[Delivery, Verdict] | None:
-        if future.cancelled():
-            return None
-        error = future.exception()
-        if error is not None:
-            # The processor never raises for a message; this is a bug, or the interpreter shutting down.
-            logger.error("processing crashed; the message will be delivered again", exc_info=error)
-            return None
-        return future.result()
-
-    def _next_in_lane(self, lane: Hashable | None, failed: bool) -> None:
-        if lane is None:
-            return
-        waiting = self._lanes[lane]
-        if failed:
-            # Not settled: what came after it in the lane must not be settled before it is delivered again.
-            self._count -= len(waiting)
-            waiting.clear()
-            self.lane_broken = True
-        if waiting:
-            self._submit(waiting.popleft())
-        else:
-            del self._lanes[lane]
-
     def cancel_unstarted(self) -> int:
-        """Drop what no handler has started; return how many. A cancelled future still reports
-        through its done callback, and `finished` forgets it then."""
-        waiting = sum(len(lane) for lane in self._lanes.values())
-        for lane in self._lanes.values():
-            lane.clear()
-        self._count -= waiting
-        return waiting + sum(1 for future in list(self._running.values()) if future.cancel())
+        """Drop what no handler has started; return how many."""
+        with self._lock:
+            waiting = [lane.copy() for lane in self._lanes.values()]
+            for lane in self._lanes.values():
+                lane.clear()
+            runs = list(self._runs)
+        dropped = sum(len(lane) for lane in waiting) + sum(1 for future in runs if future.cancel())
+        self._count -= dropped
+        return dropped

@@ -195,8 +195,8 @@ class BrokerTransport:
         return returned
 
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
-        for delivery in deliveries:
-            await delivery.handle.ack()
+        """All at once: each waits for the connection's writer, and one after another they would wait in turn."""
+        await asyncio.gather(*(delivery.handle.ack() for delivery in deliveries))
 
     async def retry(self, delivery: Delivery) -> None:
         headers = retried_headers(delivery.handle.headers, delivery.retries)

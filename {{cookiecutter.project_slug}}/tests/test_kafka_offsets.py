@@ -54,3 +54,25 @@ def test_clear_forgets_everything() -> None:
     ledger.clear()
     ledger.settled(P0, 2)
     assert ledger.due() == {}
+
+
+def test_what_is_settled_but_not_committed_is_counted_until_committed() -> None:
+    ledger = owning(P0, P1)
+    for offset in range(10, 15):
+        ledger.settled(P0, offset)
+    ledger.settled(P1, 0)
+    assert ledger.uncommitted() == 6
+    offsets = ledger.due()
+    ledger.settled(P0, 15)  # while the commit was under way
+    ledger.committed(offsets)
+    assert ledger.uncommitted() == 1
+    ledger.committed(ledger.due())
+    assert ledger.uncommitted() == 0
+
+
+def test_a_revoked_partition_no_longer_counts_as_uncommitted() -> None:
+    ledger = owning(P0, P1)
+    ledger.settled(P0, 3)
+    ledger.settled(P1, 3)
+    ledger.revoked([P0])
+    assert ledger.uncommitted() == 1

@@ -1,8 +1,8 @@
 """Apache Kafka with aiokafka in the event loop. The producer waits for `acks=all` on every
 send; the consumer's transport commits offsets only after records were handled or dead-lettered
-(each partition is a lane of the runner, its records in order), lets the runner retry a failing
-record in place (Kafka has no per-record nack), and commits what is done when its partitions are
-taken away in a rebalance.
+(each partition is a lane of the runner, its records in order), one commit per batch the runner
+acknowledges; it lets the runner retry a failing record in place (Kafka has no per-record nack),
+and commits what is done when its partitions are taken away.
 """
 
 from __future__ import annotations
@@ -212,8 +212,7 @@ class BrokerTransport(PartitionedTransport):
         return 0  # records are fetched only when asked for
 
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
-        """Count them done and commit, one commit at a time: whoever gets the lock commits what
-        every waiting caller settled, so what is handled but not committed stays within what is in hand."""
+        """Count them done and commit what is done (the runner sends one batch at a time)."""
         for delivery in deliveries:
             self._ledger.settled(partition_of(delivery), delivery.handle.offset)
         async with self._committing:
@@ -253,8 +252,10 @@ class BrokerTransport(PartitionedTransport):
 
     async def _commit(self, offsets: dict[Partition, int], consumer: Any = None) -> bool:
         consumer = consumer or self._consumer
-        if not offsets or consumer is None:
+        if not offsets:
             return True
+        if consumer is None:
+            return False  # closed meanwhile: closing commits what is due
         try:
             await consumer.commit({TopicPartition(*partition): offset for partition, offset in offsets.items()})
         except KafkaError as error:

@@ -58,11 +58,13 @@ class PartitionedTransport:
 class OffsetLedger:
     """What may be committed: per partition this consumer owns, the offset after the last record
     settled. Records of a partition are settled in order (the runner runs each partition as one
-    lane), so a record that failed to settle is never passed: the runner starts over first."""
+    lane), so a record that failed to settle is never passed: the runner starts over first.
+    It also counts what is settled but not yet committed: what a crash would deliver again."""
 
     def __init__(self) -> None:
         self._owned: set[Partition] = set()
-        self._due: dict[Partition, int] = {}  # settled, not yet committed
+        self._due: dict[Partition, int] = {}  # settled, not yet committed: the offset to commit
+        self._first: dict[Partition, int] = {}  # ... and the first offset the commit would cover
 
     def assigned(self, partitions: Iterable[Partition]) -> None:
         self._owned.update(partitions)
@@ -71,24 +73,34 @@ class OffsetLedger:
         """Record `offset` of `partition` as done; a partition that moved away meanwhile is ignored."""
         if partition in self._owned:
             self._due[partition] = max(self._due.get(partition, 0), offset + 1)
+            self._first.setdefault(partition, offset)
 
     def due(self, partitions: Iterable[Partition] | None = None) -> dict[Partition, int]:
         """The offsets to commit, for every partition or those given."""
         wanted = self._due.keys() if partitions is None else set(partitions) & self._due.keys()
         return {partition: self._due[partition] for partition in wanted}
 
+    def uncommitted(self) -> int:
+        """How many records are settled but not committed (at most: offsets may have gaps)."""
+        return sum(offset - self._first[partition] for partition, offset in self._due.items())
+
     def committed(self, offsets: Mapping[Partition, int]) -> None:
         """Forget what was committed, unless more was settled meanwhile."""
         for partition, offset in offsets.items():
             if self._due.get(partition) == offset:
                 del self._due[partition]
+                del self._first[partition]
+            elif partition in self._due:
+                self._first[partition] = max(self._first[partition], offset)
 
     def revoked(self, partitions: Iterable[Partition]) -> None:
         """The partitions moved to another consumer: their new owner starts from the last commit."""
         for partition in partitions:
             self._owned.discard(partition)
             self._due.pop(partition, None)
+            self._first.pop(partition, None)
 
     def clear(self) -> None:
         self._owned.clear()
         self._due.clear()
+        self._first.clear()

@@ -1,8 +1,8 @@
 """Apache Kafka with confluent-kafka (librdkafka): the consumer's transport. One thread, the
 runner's, owns the consumer (closing it from another can hang its poll) and the dead-letter
 producer. Each partition is a lane: its records are handled in order, and offsets are committed
-only once records are handled or dead-lettered. Kafka has no per-record nack, so a failing record
-is retried in place.
+only once records are handled or dead-lettered, in the background, at most every 10 ms and never
+more than a batch behind. Kafka has no per-record nack, so a failing record is retried in place.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ __all__ = ["CLIENT_LOGGERS", "BrokerPublisher", "BrokerTransport"]
 
 logger = logging.getLogger(__name__)
 
+COMMIT_INTERVAL_SECONDS = 0.01  # settled offsets are committed this often at most
 DEAD_LETTER_TIMEOUT_SECONDS = 10.0  # for one dead letter to be acknowledged
 MAX_POLL_INTERVAL_MS = 600_000  # a record may take this long (in-place retries included) before a rebalance
 RecordHeaders = list[tuple[str, bytes | None]]
@@ -50,6 +51,7 @@ class BrokerTransport(PartitionedTransport):
         self._producer: Producer | None = None
         self._fatal: KafkaError | None = None
         self._assigned = False  # between a rebalance's assignment and the next revocation
+        self._last_commit = 0.0  # when the last commit was sent (time.monotonic())
 
     def open(self) -> str:
         ensure_topics(self._settings)
@@ -70,6 +72,7 @@ class BrokerTransport(PartitionedTransport):
                 "session.timeout.ms": session_ms,
                 "heartbeat.interval.ms": max(1, session_ms // 3),
                 "max.poll.interval.ms": max(MAX_POLL_INTERVAL_MS, session_ms),
+                "on_commit": self._on_commit,
             }
         )
         self._consumer.subscribe(
@@ -89,6 +92,7 @@ class BrokerTransport(PartitionedTransport):
         if records and max_count > 1:
             records += consumer.consume(max_count - 1, timeout=0)
         producer.poll(0)
+        self._commit_in_background()
         return [delivery for record in records if (delivery := self._delivery(record)) is not None]
 
     def _delivery(self, record: Message) -> Delivery | None:
@@ -107,14 +111,16 @@ class BrokerTransport(PartitionedTransport):
 
     def pump(self) -> None:
         self._clients()[1].poll(0)  # the dead-letter producer's delivery reports
+        self._commit_in_background()
 
     def unsubscribe(self) -> int:
         return 0  # records are fetched only when asked for
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
+        """Count them done, and commit in the background what is settled."""
         for delivery in deliveries:
             self._ledger.settled(partition_of(delivery), delivery.handle.offset())
-        self._commit(self._ledger.due())
+        self._commit_in_background(at_once=self._ledger.uncommitted() >= self.capacity)
 
     def retry(self, delivery: Delivery) -> None:
         raise NotImplementedError("Kafka retries in place: the runner never asks the broker to")
@@ -191,6 +197,32 @@ class BrokerTransport(PartitionedTransport):
         for tp in committed or ():
             if tp.error is not None:
                 logger.warning("could not commit offset %d of partition %d: %s", tp.offset, tp.partition, tp.error)
+
+    def _commit_in_background(self, at_once: bool = False) -> None:
+        """Send a commit of what is settled, without waiting for the reply, at most every
+        COMMIT_INTERVAL_SECONDS, or `at_once` (a batch is settled): what a crash repeats stays
+        within both. The reply comes to `_on_commit` during a later fetch."""
+        now = time.monotonic()
+        if not at_once and now - self._last_commit < COMMIT_INTERVAL_SECONDS:
+            return
+        offsets = self._ledger.due()
+        if not offsets or self._consumer is None:
+            return
+        partitions = [TopicPartition(topic, partition, offset) for (topic, partition), offset in offsets.items()]
+        try:
+            self._consumer.commit(offsets=partitions, asynchronous=True)
+        except KafkaException as error:
+            logger.warning("could not commit offsets: %s", error)  # kept for the next commit
+            return
+        self._ledger.committed(offsets)
+        self._last_commit = now
+
+    def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        """A commit failed: what it covered is due again, unless a later commit covers it."""
+        failed = [tp for tp in partitions if error is not None or tp.error is not None]
+        for tp in failed:
+            logger.warning("could not commit offset %d of partition %d: %s", tp.offset, tp.partition, error or tp.error)
+            self._ledger.settled((tp.topic, tp.partition), tp.offset - 1)
 
     def _on_assign(self, _: Consumer, partitions: list[TopicPartition]) -> None:
         self._assigned = True

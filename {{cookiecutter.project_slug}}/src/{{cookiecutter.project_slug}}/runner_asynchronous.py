@@ -158,10 +158,10 @@ class Runner:
         """Take what there is room for, or wait until there is room for a batch."""
         if in_hand.lane_broken and not self._stopping.is_set():  # stopping: the drain follows
             raise RuntimeError("a message of an ordered lane was not settled; reading it again from the broker")
-        capacity = self._transport.capacity
+        capacity, batch = self._transport.capacity, refill_size(self._transport.capacity)
         free = capacity - len(in_hand)
-        if free < refill_size(capacity):
-            await in_hand.wait_for_room(capacity - refill_size(capacity), IDLE_FETCH_SECONDS, self._stopping)
+        if free < batch:
+            await in_hand.wait_for_room(capacity - batch, IDLE_FETCH_SECONDS, self._stopping)
             return
         for delivery in await self._transport.fetch(free, IDLE_FETCH_SECONDS):
             in_hand.add(delivery)

@@ -275,10 +275,10 @@ class InHand:
     def cancel_unstarted(self) -> int:
         """Drop what no handler has started; return how many."""
         with self._lock:
-            waiting = [lane.copy() for lane in self._lanes.values()]
+            dropped = sum(len(lane) for lane in self._lanes.values())
             for lane in self._lanes.values():
                 lane.clear()
             runs = list(self._runs)
-        dropped = sum(len(lane) for lane in waiting) + sum(1 for future in runs if future.cancel())
+        dropped += sum(1 for future in runs if future.cancel())
         self._count -= dropped
         return dropped

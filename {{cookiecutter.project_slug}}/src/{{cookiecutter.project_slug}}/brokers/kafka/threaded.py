@@ -40,6 +40,10 @@ def headers_of(message: Message) -> RecordHeaders:
     return [(key, value.encode() if isinstance(value, str) else value) for key, value in items]
 
 
+def topic_partitions(offsets: dict[Partition, int]) -> list[TopicPartition]:
+    return [TopicPartition(topic, partition, offset) for (topic, partition), offset in offsets.items()]
+
+
 class BrokerTransport(PartitionedTransport):
     """The consumer's side: a consumer in the group and a producer for dead letters."""
 
@@ -186,9 +190,8 @@ class BrokerTransport(PartitionedTransport):
         consumer = consumer or self._consumer
         if not offsets or consumer is None:
             return
-        partitions = [TopicPartition(topic, partition, offset) for (topic, partition), offset in offsets.items()]
         try:
-            committed = consumer.commit(offsets=partitions, asynchronous=False)
+            committed = consumer.commit(offsets=topic_partitions(offsets), asynchronous=False)
         except KafkaException as error:
             # Kept for the next commit; if the partitions move on, their new owner reads again: duplicates, no loss.
             logger.warning("could not commit offsets: %s", error)
@@ -208,9 +211,8 @@ class BrokerTransport(PartitionedTransport):
         offsets = self._ledger.due()
         if not offsets or self._consumer is None:
             return
-        partitions = [TopicPartition(topic, partition, offset) for (topic, partition), offset in offsets.items()]
         try:
-            self._consumer.commit(offsets=partitions, asynchronous=True)
+            self._consumer.commit(offsets=topic_partitions(offsets), asynchronous=True)
         except KafkaException as error:
             logger.warning("could not commit offsets: %s", error)  # kept for the next commit
             return

@@ -7,7 +7,13 @@ import logging
 
 import pytest
 
-from {{ cookiecutter.project_slug }}.logs import TEXT_FORMAT, UVICORN_LOGGERS, JsonFormatter, configure_logging, log_context
+from {{ cookiecutter.project_slug }}.logs import (
+    UVICORN_LOGGERS,
+    JsonFormatter,
+    TextFormatter,
+    configure_logging,
+    log_context,
+)
 
 
 def record(message: str) -> logging.LogRecord:
@@ -25,8 +31,16 @@ def test_json_lines_carry_the_task_type_attempt_and_request() -> None:
 
 def test_text_lines_carry_the_same_fields() -> None:
     with log_context(task_id="t-2", request_id="r-2", task_type="resize", attempt=1):
-        line = logging.Formatter(TEXT_FORMAT).format(record("handled"))
+        line = TextFormatter().format(record("handled"))
     assert "[task=t-2 type=resize attempt=1 request=r-2] handled" in line
+
+
+def test_the_time_formatted_once_a_second_is_loggings_own() -> None:
+    formatter, plain = TextFormatter(), logging.Formatter()
+    for created in (1_700_000_000.123, 1_700_000_000.987, 1_700_000_001.004, 1_700_003_600.5):
+        line = record("tick")
+        line.created, line.msecs = created, (created % 1) * 1000
+        assert formatter.formatTime(line) == plain.formatTime(line)
 
 
 def test_outside_a_task_the_fields_are_left_out_of_json() -> None:
@@ -71,10 +85,10 @@ def test_in_json_mode_uvicorns_own_lines_are_json_too(capsys: pytest.CaptureFixt
 
 def test_outside_a_task_the_attempt_is_a_dash_in_text_and_absent_from_json() -> None:
     with log_context(task_id="t-3", request_id="r-3", task_type="process_image"):
-        text = logging.Formatter(TEXT_FORMAT).format(record("accepted"))
+        text = TextFormatter().format(record("accepted"))
         line = json.loads(JsonFormatter().format(record("accepted")))
     assert "[task=t-3 type=process_image attempt=- request=r-3] accepted" in text
     assert "attempt" not in line
-    idle = logging.Formatter(TEXT_FORMAT).format(record("idle"))
+    idle = TextFormatter().format(record("idle"))
     assert "attempt=0" not in idle
     assert "attempt=-" in idle

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 
 import pytest
+from prometheus_client import REGISTRY
 
 from {{ cookiecutter.project_slug }}.brokers.base import Delivery
 from {{ cookiecutter.project_slug }}.messages import TaskMessage, encode
@@ -256,6 +257,7 @@ def test_a_message_stays_in_hand_until_it_is_acknowledged(registry: TaskRegistry
             await asyncio.sleep(0.01)
         await asyncio.sleep(0.2)  # time to take more, were it (wrongly) allowed to
         fetched_while_held = transport.most_in_hand
+        assert REGISTRY.get_sample_value("tasks_in_hand") == 2  # handled, but held until acknowledged
         transport.answer.set()
         while len(transport.acked) < 6 and time.monotonic() < deadline + 5:  # noqa: ASYNC110 - as above
             await asyncio.sleep(0.01)

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from prometheus_client import REGISTRY
 
 from {{ cookiecutter.project_slug }}.brokers.base import Delivery
 from {{ cookiecutter.project_slug }}.messages import TaskMessage, encode
@@ -141,6 +142,17 @@ def test_no_more_than_the_capacity_is_ever_in_hand(run: Callable[[FakeTransport]
     run(transport)
     assert eventually(lambda: len(transport.acked) == 30)
     assert transport.most_in_hand == 3
+
+
+def test_the_in_hand_gauge_counts_what_the_runner_holds(
+    run: Callable[[FakeTransport], Runner], recorder: Recorder
+) -> None:
+    transport = FakeTransport([task("record", f"t-{n}", 0.5) for n in range(3)], capacity=4)
+    run(transport)
+    assert recorder.wait_started(3)
+    assert REGISTRY.get_sample_value("tasks_in_hand") == 3
+    assert eventually(lambda: len(transport.acked) == 3)
+    assert eventually(lambda: REGISTRY.get_sample_value("tasks_in_hand") == 0)
 
 
 def test_a_failing_message_goes_back_to_the_broker_or_to_the_dead_letters(

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .brokers import BrokerUnavailable, Consumer, Publisher
 from .brokers.memory import is_memory
-from .logs import log_context, request_id_var
+from .logs import current_request_id, log_context
 from .messages import PUBLISHED_AT_HEADER, REQUEST_ID_HEADER, TaskMessage
 from .metrics import PUBLISH_FAILURES, TASKS_PUBLISHED
 from .settings import Settings
@@ -140,8 +140,9 @@ async def create_task(
 ) -> TaskAccepted:
     """Queue a task. 202 means the broker has durably accepted it."""
     message = TaskMessage(id=str(uuid.uuid4()), type=task.type, payload=task.payload)
-    headers = {REQUEST_ID_HEADER: request_id_var.get(), PUBLISHED_AT_HEADER: f"{time.time():.6f}"}
-    with log_context(task_id=message.id, request_id=request_id_var.get(), task_type=message.type):
+    request_id = current_request_id()
+    headers = {REQUEST_ID_HEADER: request_id, PUBLISHED_AT_HEADER: f"{time.time():.6f}"}
+    with log_context(task_id=message.id, request_id=request_id, task_type=message.type):
         try:
             with publish_span(settings.queue_name, headers):
                 await asyncio.wait_for(publisher.publish(message, headers), timeout=settings.publish_timeout_seconds)

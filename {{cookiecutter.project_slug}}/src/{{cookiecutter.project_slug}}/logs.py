@@ -5,15 +5,18 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
-task_id_var: ContextVar[str] = ContextVar("task_id", default="-")
-request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
-task_type_var: ContextVar[str] = ContextVar("task_type", default="-")
-attempt_var: ContextVar[int] = ContextVar("attempt", default=0)
+# The task and request a log line belongs to: (task id, task type, attempt, request id), "-" for
+# none; attempts count from 1, "-" when no task is being handled (an API request, start-up). One
+# variable, a plain tuple: a task's handling sets and resets it once, and each set costs.
+LogContext = tuple[str, str, int | str, str]
+NO_TASK: LogContext = ("-", "-", "-", "-")
+context_var: ContextVar[LogContext] = ContextVar("log_context", default=NO_TASK)
 
 TEXT_FORMAT = (
     "%(asctime)s %(levelname)s %(name)s "
@@ -30,24 +33,38 @@ _make_record = logging.getLogRecordFactory()
 def _record_with_context(*args: Any, **kwargs: Any) -> logging.LogRecord:
     """Every record, whichever handler gets it, carries the task and request being worked on."""
     record = _make_record(*args, **kwargs)
-    record.task_id = task_id_var.get()
-    record.task_type = task_type_var.get()
-    # Attempts count from 1; 0 means no task is being handled (an API request, start-up): "-".
-    attempt = attempt_var.get()
-    record.attempt = attempt if attempt > 0 else "-"
-    record.request_id = request_id_var.get()
+    record.task_id, record.task_type, record.attempt, record.request_id = context_var.get()
     return record
 
 
 logging.setLogRecordFactory(_record_with_context)
 
 
-class JsonFormatter(logging.Formatter):
+class TextFormatter(logging.Formatter):
+    """TEXT_FORMAT, with the date and time formatted once a second, not once a line."""
+
+    def __init__(self, fmt: str = TEXT_FORMAT) -> None:
+        super().__init__(fmt)
+        self._second = -1
+        self._date = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return f"{self.date_and_second(record, self.default_time_format)},{int(record.msecs):03d}"
+
+    def date_and_second(self, record: logging.LogRecord, datefmt: str) -> str:
+        second = int(record.created)
+        if second != self._second:  # a race between threads only formats the same second twice
+            self._date = time.strftime(datefmt, self.converter(second))
+            self._second = second
+        return self._date
+
+
+class JsonFormatter(TextFormatter):
     """One JSON object per line, for log collectors."""
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, object] = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}",
+            "time": f"{self.date_and_second(record, '%Y-%m-%dT%H:%M:%S')}.{int(record.msecs):03d}",
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -65,8 +82,11 @@ def configure_logging(level: str, log_format: str = "text", quiet: tuple[str, ..
     """One handler on the root logger, text for terminals or JSON lines for containers;
     `quiet` loggers (a client library's, whose connection errors the service reports itself, a
     line a minute at most) say nothing below DEBUG."""
+    # Where each call came from (a walk up the stack, per line) is in neither format: the logging
+    # HOWTO's "Optimization" section turns it off so. Remove this if a format uses %(lineno)d.
+    logging._srcfile = None
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -85,14 +105,12 @@ def configure_logging(level: str, log_format: str = "text", quiet: tuple[str, ..
 def log_context(
     *, task_id: str, request_id: str | None = None, task_type: str = "-", attempt: int = 0
 ) -> Iterator[None]:
-    task_token = task_id_var.set(task_id)
-    request_token = request_id_var.set(request_id or "-")
-    type_token = task_type_var.set(task_type)
-    attempt_token = attempt_var.set(attempt)
+    token = context_var.set((task_id, task_type, attempt if attempt > 0 else "-", request_id or "-"))
     try:
         yield
     finally:
-        attempt_var.reset(attempt_token)
-        task_type_var.reset(type_token)
-        request_id_var.reset(request_token)
-        task_id_var.reset(task_token)
+        context_var.reset(token)
+
+
+def current_request_id() -> str:
+    return context_var.get()[3]

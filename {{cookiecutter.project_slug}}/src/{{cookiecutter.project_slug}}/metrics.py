@@ -16,7 +16,10 @@ PUBLISH_FAILURES = Counter(
     "POST /tasks answered 503, by reason: unavailable (the broker refused or is unreachable) or timeout.",
     ["reason"],
 )
-TASKS_IN_HAND = Gauge("tasks_in_hand", "Messages this process is handling right now.")
+TASKS_IN_HAND = Gauge(
+    "tasks_in_hand",
+    "Messages this process holds unacknowledged (at most PREFETCH_COUNT): waiting, handled or being acknowledged.",
+)
 QUEUE_WAIT = Histogram(
     "task_queue_wait_seconds",
     "From publish to the handler's first start: how long a task waited in the broker.",

@@ -12,7 +12,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .logs import request_id_var
+from .logs import context_var
 from .tracing import request_span
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -99,7 +99,7 @@ class RequestId:
             return
         incoming = Headers(scope=scope).get(REQUEST_ID_HEADER, "")
         request_id = incoming if _VALID_REQUEST_ID.match(incoming) else uuid.uuid4().hex
-        token = request_id_var.set(request_id)
+        token = context_var.set(("-", "-", "-", request_id))
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -110,4 +110,4 @@ class RequestId:
             with request_span(scope["method"], scope["path"]):
                 await self.app(scope, receive, send_with_id)
         finally:
-            request_id_var.reset(token)
+            context_var.reset(token)

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from .brokers.base import Backoff, Delivery
+from .metrics import TASKS_IN_HAND
 from .processing import Outcome, Processor
 from .runner_base import OutageLog, describe, log_stopped, refill_size
 from .settlement import retry_pause, settlement
@@ -220,6 +221,7 @@ class InHand:
         self._count = 0
         self._room = asyncio.Event()
         self._room_at = 0  # set `_room` once no more than this many are in hand
+        TASKS_IN_HAND.set_function(self.__len__)  # read when /metrics is: nothing to update per message
 
     def __len__(self) -> int:
         return self._count

@@ -16,6 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Protocol
 
 from .brokers.base import Backoff, Delivery
+from .metrics import TASKS_IN_HAND
 from .processing import Outcome, Processor, Verdict
 from .runner_base import OutageLog, log_stopped, refill_size
 from .settlement import retry_pause, settlement
@@ -202,6 +203,7 @@ class InHand:
         self._runs: set[Future[None]] = set()
         self._count = 0  # the consumer's thread's alone
         self.lane_broken = False  # a lane lost a message unsettled: nothing after it may be settled
+        TASKS_IN_HAND.set_function(self.__len__)  # read when /metrics is: nothing to update per message
 
     def __len__(self) -> int:
         return self._count

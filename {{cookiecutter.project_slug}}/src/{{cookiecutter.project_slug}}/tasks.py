@@ -9,9 +9,9 @@ from collections.abc import Awaitable, Callable
 from collections.abc import Callable
 {%- endif %}
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar, Union
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError, create_model
 
 from .messages import TaskMessage
 
@@ -35,6 +35,7 @@ class TaskRegistry:
 
     def __init__(self) -> None:
         self._types: dict[str, TaskType[Any]] = {}
+        self._envelopes: TypeAdapter[Any] | None = None  # made at the first parse after a registration
 
     def task(self, name: str, payload_model: type[P]) -> Callable[[Handler[P]], Handler[P]]:
         """Register the decorated function as the handler of task type `name`."""
@@ -43,6 +44,7 @@ class TaskRegistry:
             if name in self._types:
                 raise ValueError(f"task type {name!r} is registered twice")
             self._types[name] = TaskType(name, payload_model, handler)
+            self._envelopes = None
             return handler
 
         return register
@@ -52,3 +54,36 @@ class TaskRegistry:
 
     def names(self) -> list[str]:
         return sorted(self._types)
+
+    def parse(self, body: bytes) -> tuple[TaskType[Any], TaskMessage, BaseModel] | None:
+        """A message of a registered type, its envelope and payload validated in one pass; None for
+        anything else, which `messages.decode` and the payload model then explain."""
+        if not self._types:
+            return None
+        if self._envelopes is None:
+            self._envelopes = envelopes(list(self._types.values()))
+        try:
+            message = self._envelopes.validate_json(body)
+        except ValidationError:
+            return None
+        return self._types[message.type], message, message.validated_payload
+
+
+def envelopes(types: list[TaskType[Any]]) -> TypeAdapter[Any]:
+    """One model per task type: a TaskMessage (so its `payload` stays the message's own dict) whose
+    `type` is that one name and whose `validated_payload` is the payload read by the type's model."""
+    models = [envelope(task_type) for task_type in types]
+    if len(models) == 1:
+        return TypeAdapter(models[0])
+    one_of: Any = Annotated[Union[tuple(models)], Field(discriminator="type")]  # noqa: UP007 (built at run time)
+    return TypeAdapter(one_of)
+
+
+def envelope(task_type: TaskType[Any]) -> type[TaskMessage]:
+    name: Any = Literal[task_type.name]  # a type made at run time, which a type checker cannot follow
+    return create_model(
+        f"{task_type.name}_message",
+        __base__=TaskMessage,
+        type=(name, ...),
+        validated_payload=(task_type.payload_model, Field(validation_alias="payload", exclude=True)),
+    )

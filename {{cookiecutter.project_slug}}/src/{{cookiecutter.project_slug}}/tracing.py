@@ -69,6 +69,11 @@ def disable_tracing() -> None:
     _tracer = None
 
 
+def active() -> bool:
+    """Whether spans are made: checked before entering one, which costs even when tracing is off."""
+    return _tracer is not None
+
+
 @contextmanager
 def request_span(method: str, path: str) -> Iterator[None]:
     """A SERVER span for one HTTP request, current while the app handles it."""

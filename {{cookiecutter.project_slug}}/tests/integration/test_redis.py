@@ -4,10 +4,13 @@ the consumer that held them."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
+import redis
 from fastapi.testclient import TestClient
 
 from {{ cookiecutter.project_slug }}.app import create_app
+from {{ cookiecutter.project_slug }}.brokers.redis import streams
 from {{ cookiecutter.project_slug }}.settings import Settings
 from {{ cookiecutter.project_slug }}.tasks import TaskRegistry
 
@@ -91,3 +94,36 @@ def test_a_dead_letter_keeps_the_original_body_with_the_reason(
     assert dead.body == b"\xffnot json"
     assert "not a task message" in dead.headers["reason"]
     assert dead.headers["deliveries"] == "1"
+
+
+def carry(client: redis.Redis, steps: streams.Steps[Any], fail_after: int | None = None) -> Any:
+    """A conversation of streams.py carried to Redis; `fail_after` round trips, as if the connection broke."""
+    step, trips = streams.advance(steps, None), 0
+    while isinstance(step, streams.Batch):
+        if trips == fail_after:
+            return None
+        replies = streams.pipeline_of(client, step).execute(raise_on_error=step.raise_on_error)
+        step, trips = streams.advance(steps, replies), trips + 1
+    return step.value
+
+
+def test_acknowledgements_ride_on_the_next_read_and_survive_a_failed_one(settings: Settings, probe: Probe) -> None:
+    client = redis.Redis.from_url(settings.broker_url)
+    consumer = streams.StreamConsumer(settings)
+    carry(client, consumer.declare())
+    consumer.next_claim = consumer.next_forget = float("inf")  # only the reads this test makes
+    probe.publish(settings.queue_name, *(CONTRACT_TASK % f"t-{n}".encode() for n in range(3)))
+    consumer.own_pending = None
+    deliveries = carry(client, consumer.fetch(10, 0.1))
+    assert len(deliveries) == 3
+    consumer.ack_later(deliveries[:2])
+    assert probe.count(settings.queue_name) == 3  # not sent on its own
+    carry(client, consumer.fetch(10, 0.1), fail_after=0)  # the read never went out
+    assert probe.count(settings.queue_name) == 3
+    assert carry(client, consumer.fetch(10, 0.1)) == []
+    assert probe.count(settings.queue_name) == 1  # the two went with the read that got through
+    consumer.ack_later(deliveries[2:])
+    carry(client, consumer.flush())
+    assert probe.count(settings.queue_name) == 0
+    assert consumer.unsent_acks == []
+    client.close()

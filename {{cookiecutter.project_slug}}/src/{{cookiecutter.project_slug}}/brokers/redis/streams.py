@@ -110,6 +110,7 @@ class StreamConsumer:
 
     settings: Settings
     in_hand: set[bytes] = field(default_factory=set)  # fetched, not yet settled
+    unsent_acks: list[bytes] = field(default_factory=list)  # handled; XACK goes with the next round trip
     own_pending: bytes | None = b"0"  # after a (re)connect, first finish our own pending list
     next_claim: float = 0.0
     next_forget: float = 0.0
@@ -152,13 +153,15 @@ class StreamConsumer:
         if free <= 0:
             return deliveries
         if self.own_pending is not None:
-            [reply] = yield Batch([call("xreadgroup", self.group, self.name, {self.stream: self.own_pending}, free)])
+            read = call("xreadgroup", self.group, self.name, {self.stream: self.own_pending}, free)
+            [reply] = yield from self._send([read])
             entries = entries_of(reply)
             self.own_pending = entries[-1][0] if entries else None
             deliveries += yield from self._delivered(entries)
         else:
             block = max(1, min(IDLE_BLOCK_MILLISECONDS, int(wait_seconds * 1000)))
-            [reply] = yield Batch([call("xreadgroup", self.group, self.name, {self.stream: ">"}, free, block)])
+            read = call("xreadgroup", self.group, self.name, {self.stream: ">"}, free, block)
+            [reply] = yield from self._send([read])
             deliveries += [self._delivery(entry, 1) for entry in entries_of(reply)]
         return deliveries
 
@@ -170,7 +173,7 @@ class StreamConsumer:
             calls.append(call("xclaim", self.stream, self.group, self.name, 0, sorted(self.in_hand), justid=True))
         idle_ms = int(self.settings.claim_idle_seconds * 1000)
         calls.append(call("xautoclaim", self.stream, self.group, self.name, idle_ms, "0-0", count=free))
-        replies = yield Batch(calls)
+        replies = yield from self._send(calls)
         _, claimed, *_ = replies[-1]
         entries = [(entry_id, fields) for entry_id, fields in claimed if entry_id not in self.in_hand]
         return (yield from self._delivered(entries))
@@ -192,7 +195,8 @@ class StreamConsumer:
 
     def leave(self) -> Steps[None]:
         """On a clean stop: take our name out of the group, unless messages are still pending under it."""
-        [pending] = yield Batch([call("xpending_range", self.stream, self.group, "-", "+", 1, consumername=self.name)])
+        mine = call("xpending_range", self.stream, self.group, "-", "+", 1, consumername=self.name)
+        [pending] = yield from self._send([mine])
         if not pending:
             yield Batch([call("xgroup_delconsumer", self.stream, self.group, self.name)])
 
@@ -221,6 +225,28 @@ class StreamConsumer:
             ids = [delivery.handle for delivery in deliveries]
             self.in_hand.difference_update(ids)
             yield Batch([call("xack", self.stream, self.group, *ids)])
+
+    def ack_later(self, deliveries: list[Delivery]) -> None:
+        """Acknowledge with the next round trip (`flush`, or a fetch's read) instead of one of its own."""
+        for delivery in deliveries:
+            self.in_hand.discard(delivery.handle)
+            self.unsent_acks.append(delivery.handle)
+
+    def flush(self) -> Steps[None]:
+        """Send what `ack_later` holds, if anything."""
+        if self.unsent_acks:
+            yield from self._send([])
+
+    def _send(self, calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]]) -> Steps[list[Any]]:
+        """One round trip, with the acknowledgements not yet sent ahead of `calls`. They are
+        forgotten only once Redis replied: after a lost connection they go with the next session's
+        first round trip, before its read of our own pending list (which would deliver them again)."""
+        if not self.unsent_acks:
+            return (yield Batch(calls))
+        sent = len(self.unsent_acks)
+        replies = yield Batch([call("xack", self.stream, self.group, *self.unsent_acks), *calls])
+        del self.unsent_acks[:sent]
+        return replies[1:]
 
     def retry(self, delivery: Delivery) -> None:
         """Left pending: it is delivered again once it has been idle for CLAIM_IDLE_SECONDS."""

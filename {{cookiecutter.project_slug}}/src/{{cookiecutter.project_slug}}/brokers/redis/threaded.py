@@ -69,11 +69,14 @@ class BrokerPublisher:
 
 
 class BrokerTransport(streams.StreamTransport):
-    """The consumer's side: one named consumer of the group, driven by the runner's thread."""
+    """The consumer's side: one named consumer of the group, driven by the runner's thread. Its
+    acknowledgements ride on the next round trip, the read that follows them (or `pump`, at once,
+    when there is no room to read): one round trip, not two, for each batch."""
+
+    handlers_may_hold_thread = True  # Redis has no heartbeat: nothing waits on the consumer's thread
 
     def __init__(self, settings: Settings) -> None:
-        # No more in hand than threads to run them: what waits unstarted would stay pending on shutdown.
-        super().__init__(settings, capacity=min(settings.prefetch_count, settings.handler_threads))
+        super().__init__(settings, capacity=settings.prefetch_count)
         self._client = make_client(settings, f"consumer:{settings.consumer_name}")
 
     def open(self) -> str:
@@ -85,14 +88,15 @@ class BrokerTransport(streams.StreamTransport):
         return deliveries
 
     def pump(self) -> None:
-        """Nothing to serve: redis-py has no background I/O."""
+        """Send the acknowledgements that no read carried (redis-py has no background I/O)."""
+        drive(self._client, self._stream.flush())
 
     def unsubscribe(self) -> int:
         self._leaving = True
         return 0  # nothing is delivered before it is read
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
-        drive(self._client, self._stream.ack(list(deliveries)))
+        self._stream.ack_later(list(deliveries))
 
     def retry(self, delivery: Delivery) -> None:
         self._stream.retry(delivery)
@@ -102,7 +106,6 @@ class BrokerTransport(streams.StreamTransport):
 
     def close(self) -> None:
         """Drop the connections (the next session makes new ones); what is in hand stays pending."""
-        if self._leaving:
-            with contextlib.suppress(redis.RedisError):
-                drive(self._client, self._stream.leave())
+        with contextlib.suppress(redis.RedisError):
+            drive(self._client, self._stream.leave() if self._leaving else self._stream.flush())
         self._client.close()

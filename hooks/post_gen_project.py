@@ -22,6 +22,7 @@ BROKER_FILES = {
         f"{PACKAGE}/brokers/rabbitmq",
         "tests/integration/probes/rabbitmq",
         "tests/integration/test_rabbitmq.py",
+        "tests/test_rabbitmq_acks.py",
     ],
     "redis": [
         f"{PACKAGE}/brokers/redis",

@@ -26,6 +26,7 @@ from pika.spec import Basic, BasicProperties
 from ...messages import CONTENT_TYPE, TaskMessage, encode
 from ...runner_threaded import keep_connected
 from ..base import BrokerUnavailable, Delivery, text_headers
+from .acks import AckWindow
 from .topology import copied_properties, dead_letter_headers, queue_arguments, retried_headers, retries_of
 
 if TYPE_CHECKING:
@@ -291,11 +292,14 @@ class BrokerPublisher:
 
 
 class BrokerTransport:
-    """The consumer's side: a BlockingConnection that the runner's thread owns and drives."""
+    """The consumer's side: a BlockingConnection that the runner's thread owns and drives. Its
+    acknowledgements go as one multiple ack for each unbroken run of handled tags (acks.py)."""
 
     errors = ERRORS
     retry_in_place = False  # a retry is republished to the back of the queue
     finish_unstarted = False  # what is not acknowledged goes back to the queue as the connection closes
+    # pika sends heartbeats from the consumer's thread only: a long handler there would lose the connection.
+    handlers_may_hold_thread = False
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
@@ -305,9 +309,11 @@ class BrokerTransport:
         self._channel: BlockingChannel | None = None
         self._consumer_tag: str | None = None
         self._received: collections.deque[Delivery] = collections.deque()  # delivered, not yet fetched
+        self._acks = AckWindow()
 
     def open(self) -> str:
         self._connection = BlockingConnection(self._parameters)
+        self._acks.clear()
         channel = self._connection.channel()
         channel.confirm_delivery()
         declare_topology(channel, self._settings)
@@ -321,16 +327,19 @@ class BrokerTransport:
     ) -> None:
         headers = properties.headers or {}
         extra = {"properties": properties}
+        self._acks.delivered(method.delivery_tag)
         self._received.append(
             Delivery(body, text_headers(headers.items()), retries_of(headers), method.delivery_tag, extra=extra)
         )
 
     def fetch(self, max_count: int, wait_seconds: float) -> list[Delivery]:
+        self._send_acks()
         if not self._received:
             self._open_connection().process_data_events(time_limit=wait_seconds)  # returns once a message came
         return [self._received.popleft() for _ in range(min(max_count, len(self._received)))]
 
     def pump(self) -> None:
+        self._send_acks()
         self._open_connection().process_data_events(time_limit=0)
 
     def unsubscribe(self) -> int:
@@ -343,9 +352,18 @@ class BrokerTransport:
         return returned
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
+        self._acks.handled((delivery.handle for delivery in deliveries), time.monotonic())
+        self._send_acks()
+
+    def _send_acks(self, everything: bool = False) -> None:
+        up_to, alone = self._acks.due(time.monotonic(), everything)
+        if up_to is None and not alone:
+            return
         channel = self._open_channel()
-        for delivery in deliveries:
-            channel.basic_ack(delivery.handle)
+        if up_to is not None:
+            channel.basic_ack(up_to, multiple=True)
+        for tag in alone:
+            channel.basic_ack(tag)
 
     def retry(self, delivery: Delivery) -> None:
         properties = delivery.extra["properties"]
@@ -363,8 +381,11 @@ class BrokerTransport:
         channel = self._open_channel()
         channel.basic_publish("", routing_key, delivery.body, republished, mandatory=True)
         channel.basic_ack(delivery.handle)
+        self._acks.settled(delivery.handle)
 
     def close(self) -> None:
+        with contextlib.suppress(*ERRORS):
+            self._send_acks(everything=True)  # what was handled is not delivered again, if the channel lives
         self._received.clear()
         self._channel = None
         self._consumer_tag = None

@@ -10,9 +10,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
+from pydantic import BaseModel
 
 from {{ cookiecutter.project_slug }}.brokers.base import Delivery
 from {{ cookiecutter.project_slug }}.messages import TaskMessage, encode
@@ -33,6 +35,7 @@ class FakeTransport:
 
     errors: tuple[type[BaseException], ...] = (Lost,)
     finish_unstarted = False
+    handlers_may_hold_thread = True
 
     def __init__(
         self, bodies: Sequence[bytes], retry_in_place: bool = False, capacity: int = 4, lanes: int = 0
@@ -202,7 +205,8 @@ def test_stopping_finishes_what_runs_and_says_so(
     assert "consumer stopped: 4 message(s) finished while draining, 0 returned unstarted, 0 interrupted" in caplog.text
 
 
-def test_after_a_message_left_unsettled_nothing_more_of_its_lane_runs() -> None:
+@pytest.mark.parametrize("threads", [2, 1], ids=["pool", "inline"])
+def test_after_a_message_left_unsettled_nothing_more_of_its_lane_runs(threads: int) -> None:
     """What comes later in the lane, even fetched after the failure, waits to be delivered again."""
     handled: list[bytes] = []
 
@@ -217,14 +221,71 @@ def test_after_a_message_left_unsettled_nothing_more_of_its_lane_runs() -> None:
             settled += [delivery.body for delivery, _ in in_hand.finished(0.1)]
         return settled
 
-    with ThreadPoolExecutor(2) as pool:
-        in_hand = InHand(pool, handle)
-        in_hand.add(Delivery(b"unsettled", {}, 0, None, "lane"))
-        in_hand.add(Delivery(b"queued behind it", {}, 0, None, "lane"))
+    with ThreadPoolExecutor(threads) as pool:
+        in_hand = InHand(pool if threads > 1 else None, threads, handle)
+        in_hand.add([Delivery(b"unsettled", {}, 0, None, "lane"), Delivery(b"behind it", {}, 0, None, "lane")])
         assert settle_all(in_hand) == []
-        in_hand.add(Delivery(b"fetched after it", {}, 0, None, "lane"))
-        in_hand.add(Delivery(b"another lane", {}, 0, None, "other"))
-        assert settle_all(in_hand) == [b"another lane"]
-    assert handled == [b"unsettled", b"another lane"]
+        in_hand.add([Delivery(b"fetched after it", {}, 0, None, "lane"), Delivery(b"another", {}, 0, None, "other")])
+        assert settle_all(in_hand) == [b"another"]
+    assert handled == [b"unsettled", b"another"]
     assert in_hand.lane_broken
     assert len(in_hand) == 0
+
+
+class CountingPool(ThreadPoolExecutor):
+    def __init__(self, threads: int) -> None:
+        super().__init__(threads)
+        self.submitted = 0
+
+    def submit(self, *args: Any, **kwargs: Any) -> Any:
+        self.submitted += 1
+        return super().submit(*args, **kwargs)
+
+
+def test_a_fetched_batch_is_handed_over_once_per_thread_not_per_message() -> None:
+    def handle(delivery: Delivery) -> tuple[Delivery, Verdict]:
+        return delivery, Verdict(Outcome.SUCCEEDED)
+
+    with CountingPool(3) as pool:
+        in_hand = InHand(pool, 3, handle)
+        in_hand.add([Delivery(str(n).encode(), {}, 0, n, None) for n in range(30)])
+        settled: list[Delivery] = []
+        deadline = time.monotonic() + 5
+        while len(settled) < 30 and time.monotonic() < deadline:
+            settled += [delivery for delivery, _ in in_hand.finished(0.1)]
+    assert sorted(delivery.handle for delivery in settled) == list(range(30))
+    assert pool.submitted == 3
+    assert len(in_hand) == 0
+
+
+class NoPayload(BaseModel):
+    pass
+
+
+def where_handlers_run(registry: TaskRegistry, transport: FakeTransport, threads: int) -> set[str]:
+    ran_in: set[str] = set()
+
+    @registry.task("where", NoPayload)
+    def where(payload: NoPayload, message: TaskMessage) -> None:
+        ran_in.add(threading.current_thread().name)
+
+    runner = Runner(transport, Processor(registry, 2), settings(handler_threads=threads))
+    asyncio.run(runner.start())
+    try:
+        assert eventually(lambda: len(transport.acked) == 5)
+    finally:
+        asyncio.run(runner.stop())
+    return ran_in
+
+
+def test_with_one_handler_thread_handlers_run_in_the_consumers_own(registry: TaskRegistry) -> None:
+    transport = FakeTransport([task("where", f"t-{n}") for n in range(5)])
+    assert where_handlers_run(registry, transport, threads=1) == {"broker-consumer"}
+
+
+def test_a_connection_that_needs_its_thread_keeps_it_even_with_one_handler_thread(registry: TaskRegistry) -> None:
+    transport = FakeTransport([task("where", f"t-{n}") for n in range(5)])
+    transport.handlers_may_hold_thread = False  # as pika's, which sends heartbeats from it
+    ran_in = where_handlers_run(registry, transport, threads=1)
+    assert len(ran_in) == 1
+    assert "broker-consumer" not in ran_in

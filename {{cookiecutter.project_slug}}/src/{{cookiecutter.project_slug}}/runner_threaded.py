@@ -12,7 +12,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Hashable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Protocol
 
 from .brokers.base import Backoff, Delivery
@@ -39,6 +39,9 @@ class Transport(Protocol):
     retry_in_place: bool  # the broker cannot hold a retry: the runner retries in the same lane
     capacity: int  # the most deliveries in hand at once
     finish_unstarted: bool  # on stop, handle what was fetched but not started: the broker would hold it back
+    # The connection lives through a handler holding the consumer's thread (nothing to send meanwhile):
+    # with HANDLER_THREADS=1, handlers then run in that thread.
+    handlers_may_hold_thread: bool
 
     def open(self) -> str:
         """Connect, declare, subscribe; return what is consumed, for the log."""
@@ -93,7 +96,8 @@ def keep_connected(
 
 
 class Runner:
-    """A Consumer: consumes in a background thread that owns the transport; handlers run in a pool."""
+    """A Consumer: consumes in a background thread that owns the transport; handlers run in a pool
+    (or in that thread, with HANDLER_THREADS=1, where the transport allows)."""
 
     def __init__(self, transport: Transport, processor: Processor, settings: Settings) -> None:
         self._transport = transport
@@ -101,7 +105,10 @@ class Runner:
         self._settings = settings
         self._stopping = threading.Event()
         self._consuming = threading.Event()
-        self._pool = ThreadPoolExecutor(settings.handler_threads, thread_name_prefix="handler")
+        # One handler thread: handlers run in the consumer's own, with no hand-over, where the
+        # connection does not need that thread while they run (no heartbeats of its own to send).
+        inline = settings.handler_threads == 1 and transport.handlers_may_hold_thread
+        self._pool = None if inline else ThreadPoolExecutor(settings.handler_threads, thread_name_prefix="handler")
         self._thread = threading.Thread(target=self._run, name="broker-consumer", daemon=True)
 
     async def start(self) -> None:
@@ -115,7 +122,8 @@ class Runner:
         if self._thread.is_alive():
             bound = self._settings.shutdown_timeout_seconds + JOIN_MARGIN_SECONDS
             await asyncio.to_thread(self._thread.join, bound)
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _run(self) -> None:
         what = f"consumer ({self._settings.broker_address})"
@@ -128,7 +136,7 @@ class Runner:
             connected()
             self._consuming.set()
             logger.info("consuming %s", source)
-            in_hand = InHand(self._pool, self._handle)
+            in_hand = InHand(self._pool, self._settings.handler_threads, self._handle)
             while not self._stopping.is_set():
                 self._step(in_hand)
             self._drain(in_hand)
@@ -147,8 +155,7 @@ class Runner:
             self._transport.pump()
             return
         timeout = BUSY_FETCH_SECONDS if len(in_hand) else IDLE_FETCH_SECONDS
-        for delivery in self._transport.fetch(free, timeout):
-            in_hand.add(delivery)
+        in_hand.add(self._transport.fetch(free, timeout))
 
     def _settle(self, finished: list[tuple[Delivery, Verdict]]) -> None:
         """In the consumer's thread, which owns the connection. A failure ends the connection:
@@ -189,18 +196,26 @@ class Runner:
 
 class InHand:
     """The deliveries one connection holds, from fetch to settle. The consumer's thread adds and
-    settles them; handler threads put each result on a queue as it is ready. The deliveries of one
-    lane run one at a time, in the order they came, in one handler thread that takes each next one
-    itself, with no hop back to the consumer's thread."""
+    settles them; handler threads put each result on a queue as it is ready. A fetched batch is
+    handed over at once: each thread set to work takes the next delivery itself, with no hop back
+    to the consumer's thread per message. The deliveries of one lane run one at a time, in the
+    order they came, in one thread. Without a pool, they run in the consumer's thread as added."""
 
-    def __init__(self, pool: ThreadPoolExecutor, handle: Callable[[Delivery], tuple[Delivery, Verdict] | None]) -> None:
+    def __init__(
+        self,
+        pool: ThreadPoolExecutor | None,
+        threads: int,
+        handle: Callable[[Delivery], tuple[Delivery, Verdict] | None],
+    ) -> None:
         self._pool = pool
+        self._threads = threads
         self._handle = handle
         self._results: queue.SimpleQueue[tuple[Delivery, tuple[Delivery, Verdict] | None]] = queue.SimpleQueue()
-        self._lock = threading.Lock()  # for what handler threads touch too: the lanes and the runs
+        self._lock = threading.Lock()  # for what handler threads touch too: what waits, and who takes it
+        self._unordered: collections.deque[Delivery] = collections.deque()  # of no lane, not yet started
+        self._takers = 0  # runs taking from `_unordered`, at most one per thread
         self._lanes: dict[Hashable, collections.deque[Delivery]] = {}  # lanes busy, with what waits in each
         self._broken: set[Hashable] = set()  # lanes that left a message unsettled: nothing more of them runs
-        self._runs: set[Future[None]] = set()
         self._count = 0  # the consumer's thread's alone
         self.lane_broken = False  # a lane lost a message unsettled: nothing after it may be settled
         TASKS_IN_HAND.set_function(self.__len__)  # read when /metrics is: nothing to update per message
@@ -208,30 +223,33 @@ class InHand:
     def __len__(self) -> int:
         return self._count
 
-    def add(self, delivery: Delivery) -> None:
-        self._count += 1
-        lane = delivery.lane
-        if lane is not None:
-            with self._lock:
-                if lane in self._broken:
+    def add(self, deliveries: Sequence[Delivery]) -> None:
+        self._count += len(deliveries)
+        runs: list[Hashable | None] = []  # a run per lane that was idle, and per taker of no lane
+        with self._lock:
+            for delivery in deliveries:
+                lane = delivery.lane
+                if lane is None:
+                    self._unordered.append(delivery)
+                elif lane in self._broken:
                     self._results.put((delivery, None))
-                    return
-                if lane in self._lanes:
+                elif lane in self._lanes:
                     self._lanes[lane].append(delivery)
-                    return
-                self._lanes[lane] = collections.deque()
-        future = self._pool.submit(self._run, delivery)
-        with self._lock:
-            self._runs.add(future)
-        future.add_done_callback(self._forget_run)
+                else:
+                    self._lanes[lane] = collections.deque([delivery])
+                    runs.append(lane)
+            takers = min(self._threads - self._takers, len(self._unordered))
+            self._takers += takers
+        runs += [None] * takers
+        for lane in runs:
+            if self._pool is None:
+                self._run(lane)
+            else:
+                self._pool.submit(self._run, lane)
 
-    def _forget_run(self, future: Future[None]) -> None:
-        with self._lock:
-            self._runs.discard(future)
-
-    def _run(self, delivery: Delivery | None) -> None:
-        """In a handler thread: one delivery, then the rest of its lane."""
-        while delivery is not None:
+    def _run(self, lane: Hashable | None) -> None:
+        """In a handler thread: the next delivery of `lane` (None: of no lane) until none waits."""
+        while (delivery := self._take(lane)) is not None:
             try:
                 outcome = self._handle(delivery)
             except Exception:
@@ -239,22 +257,30 @@ class InHand:
                 logger.exception("processing crashed; the message will be delivered again")
                 outcome = None
             self._results.put((delivery, outcome))
-            delivery = self._next_in_lane(delivery.lane, failed=outcome is None)
+            if outcome is None and lane is not None:
+                self._break(lane)
+                return
 
-    def _next_in_lane(self, lane: Hashable | None, failed: bool) -> Delivery | None:
-        if lane is None:
-            return None
+    def _take(self, lane: Hashable | None) -> Delivery | None:
         with self._lock:
+            if lane is None:
+                if self._unordered:
+                    return self._unordered.popleft()
+                self._takers -= 1
+                return None
             waiting = self._lanes[lane]
-            if waiting and not failed:
+            if waiting:
                 return waiting.popleft()
             del self._lanes[lane]
-            if failed:
-                # Not settled: what comes after it in the lane must not be settled before it is delivered again.
-                self._broken.add(lane)
+            return None
+
+    def _break(self, lane: Hashable) -> None:
+        """Not settled: what comes after it in the lane must not be settled before it is delivered again."""
+        with self._lock:
+            waiting = self._lanes.pop(lane)
+            self._broken.add(lane)
         for dropped in waiting:
             self._results.put((dropped, None))
-        return None
 
     def finished(self, timeout: float) -> list[tuple[Delivery, Verdict]]:
         """What handlers finished, waiting up to `timeout` for the first."""
@@ -275,12 +301,11 @@ class InHand:
         return settled
 
     def cancel_unstarted(self) -> int:
-        """Drop what no handler has started; return how many."""
+        """Drop what no handler has started; return how many. A run set to work finds nothing left."""
         with self._lock:
-            dropped = sum(len(lane) for lane in self._lanes.values())
-            for lane in self._lanes.values():
-                lane.clear()
-            runs = list(self._runs)
-        dropped += sum(1 for future in runs if future.cancel())
+            dropped = len(self._unordered) + sum(len(waiting) for waiting in self._lanes.values())
+            self._unordered.clear()
+            for waiting in self._lanes.values():
+                waiting.clear()
         self._count -= dropped
         return dropped

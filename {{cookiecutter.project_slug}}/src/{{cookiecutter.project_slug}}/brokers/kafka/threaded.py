@@ -48,6 +48,8 @@ class BrokerTransport(PartitionedTransport):
     """The consumer's side: a consumer in the group and a producer for dead letters."""
 
     errors: tuple[type[BaseException], ...] = (KafkaException, TimeoutError)
+    # librdkafka heartbeats from threads of its own; a handler may hold this one for MAX_POLL_INTERVAL_MS.
+    handlers_may_hold_thread = True
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)

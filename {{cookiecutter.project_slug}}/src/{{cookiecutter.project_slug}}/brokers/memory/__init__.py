@@ -83,6 +83,7 @@ class MemoryTransport:
     errors: tuple[type[BaseException], ...] = ()
     retry_in_place = False
     finish_unstarted = True  # what is not handled before the process stops is lost: handle it
+    handlers_may_hold_thread = True  # no connection to serve
 
     def __init__(self, settings: Settings) -> None:
         self._queue = memory_queue(settings)

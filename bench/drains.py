@@ -1,9 +1,15 @@
 """Measure 1, 2, 5 and 6 of the benchmark: a queue pre-filled with N messages, drained by the
 generated worker, the bare client loop, Celery and FastStream; messages per second between the
-first and the last message handled; and the worker's peak RSS."""
+first and the last message handled; and the worker's peak RSS.
+
+The generated worker's handled messages are read from its log as it grows (Handled, over a
+procs.LogTail): the log reaches MBs, and reading it whole at every poll would take CPU from the
+worker being measured.
+"""
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import re
@@ -18,10 +24,11 @@ from pathlib import Path
 import queues
 import redis
 from bake import Combo, service_env
-from procs import BenchError, free_port, log_time, running, wait_until
+from procs import BenchError, LogTail, free_port, log_time, running, wait_until
 
 BENCH = Path(__file__).resolve().parent
 HANDLED = b"processing image"  # the example handler's own log line: the handler has started
+TASK_ID = re.compile(rb"\[task=bench-(\d+) ")  # queues.message's ids, in the log line's context
 CELERY_URLS = {"rabbitmq": "amqp://guest:guest@127.0.0.1:5672//", "redis": "redis://127.0.0.1:6379/0"}
 
 
@@ -48,6 +55,33 @@ def rate(first: float, last: float, count: int) -> float:
     return (count - 1) / (last - first)
 
 
+class Handled:
+    """The handler's lines in worker logs, taken in as the logs grow: how many, when, and which tasks."""
+
+    def __init__(self, needle: bytes = HANDLED) -> None:
+        self.needle = needle
+        self.count = 0
+        self.stamps: list[float] = []
+        self.ids: collections.Counter[int] = collections.Counter()
+
+    def read(self, tail: LogTail) -> int:
+        """Take in the lines `tail` has new; how many handled lines there were so far."""
+        for line in tail.lines():
+            if self.needle in line:
+                self.count += 1
+                stamp = log_time(line)
+                if stamp is not None:
+                    self.stamps.append(stamp)
+                match = TASK_ID.search(line)
+                if match is not None:
+                    self.ids[int(match.group(1))] += 1
+        return self.count
+
+    def rate(self) -> float:
+        # The log's times are whole milliseconds; over a drain of seconds that is well under 1 %.
+        return rate(min(self.stamps), max(self.stamps), len(self.stamps))
+
+
 def ready_line(broker: str) -> bytes:
     """What a generated worker logs once messages can flow (for Kafka, once it owns partitions)."""
     return b"assigned partitions" if broker == "kafka" else b"consuming"
@@ -61,12 +95,10 @@ def worker(drain: Drain, combo: Combo) -> tuple[float, float]:
         env = service_env(combo, queue, drain.kafka)
         log = drain.logs / f"worker-{combo.name}.log"
         with running([sys.executable, "-m", f"{combo.slug}.worker"], env, log) as child:
-            wait_until(lambda: child.output().count(HANDLED) >= drain.count, drain.timeout(), "the drain", child)
+            handled, tail = Handled(), child.tail()
+            wait_until(lambda: handled.read(tail) >= drain.count, drain.timeout(), "the drain", child)
             rss = child.peak_rss_mb()
-        times = [log_time(line) for line in child.output().splitlines() if HANDLED in line]
-        stamps = [stamp for stamp in times if stamp is not None]
-        # The log's times are whole milliseconds; over a drain of seconds that is well under 1 %.
-        return rate(min(stamps), max(stamps), len(stamps)), rss
+        return handled.rate(), rss
     finally:
         queues.delete(drain.broker, queue, drain.kafka)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import http_load
 import queues
 from bake import Combo, service_env
-from drains import HANDLED, ready_line
+from drains import Handled, ready_line
 from procs import Child, free_port, running, wait_until
 
 BENCH = Path(__file__).resolve().parent
@@ -74,7 +74,8 @@ def end_to_end(combo: Combo, kafka: str | None, logs: Path, rate: float, count: 
             wait_ready(api, port)
             worker.wait_for_output(ready_line(combo.broker), 60)
             sent = asyncio.run(http_load.paced_posts(port, rate, count))
-            wait_until(lambda: worker.output().count(HANDLED) >= count, 60, "every e2e task handled", worker)
+            handled, tail = Handled(), worker.tail()
+            wait_until(lambda: handled.read(tail) >= count, 60, "every e2e task handled", worker)
         started = http_load.handler_starts(log)
         return [started[index] - sent[index] for index in sent]
     finally:

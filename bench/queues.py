@@ -3,6 +3,8 @@ before a consumer drains it, and delete it afterwards: the brokers are shared wi
 
 The service's queue arguments are declared here exactly as the generated brokers/rabbitmq_*.py
 declare them (dead-lettering into `<queue>.dlq`); FastStream and Celery declare plain queues.
+A Kafka topic gets its records round robin, the same share on each partition: a partition's
+records are handled one at a time, so a fuller one would set the pace.
 """
 
 from __future__ import annotations
@@ -22,27 +24,37 @@ GROUP = "workers"  # the generated service's default CONSUMER_GROUP
 PARTITIONS = 3  # the generated service's default TOPIC_PARTITIONS
 
 
-def message(index: int, image_url: str = "https://example.com/a.png") -> bytes:
-    """One task as POST /tasks would publish it."""
-    return json.dumps({"id": f"bench-{index}", "type": "process_image", "payload": {"image_url": image_url}}).encode()
+def message(index: int, image_url: str = "https://example.com/a.png", task_type: str = "process_image") -> bytes:
+    """One task as POST /tasks would publish it (another `task_type` takes the example's payload too)."""
+    return json.dumps({"id": f"bench-{index}", "type": task_type, "payload": {"image_url": image_url}}).encode()
 
 
 def service_arguments(queue: str) -> dict[str, str]:
     return {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": f"{queue}.dlq"}
 
 
-def fill(broker: str, queue: str, count: int, kafka: str | None = None, *, service: bool = True) -> None:
-    """Declare as the consumer will (`service`: the generated one's arguments), then put `count` messages."""
+def fill(
+    broker: str,
+    queue: str,
+    count: int,
+    kafka: str | None = None,
+    *,
+    service: bool = True,
+    task_type: str = "process_image",
+    partitions: int = PARTITIONS,
+) -> None:
+    """Declare as the consumer will (`service`: the generated one's arguments), then put `count`
+    messages of `task_type`; a Kafka topic made with `partitions`."""
     if broker == "rabbitmq":
-        fill_rabbitmq(queue, count, service_arguments(queue) if service else None)
+        fill_rabbitmq(queue, count, service_arguments(queue) if service else None, task_type)
     elif broker == "redis":
-        fill_redis(queue, count)
+        fill_redis(queue, count, task_type)
     else:
         assert kafka is not None
-        fill_kafka(kafka, queue, count)
+        fill_kafka(kafka, queue, count, task_type, partitions)
 
 
-def fill_rabbitmq(queue: str, count: int, arguments: dict[str, str] | None) -> None:
+def fill_rabbitmq(queue: str, count: int, arguments: dict[str, str] | None, task_type: str) -> None:
     connection = pika.BlockingConnection(pika.URLParameters(RABBIT_URL))
     try:
         channel = connection.channel()
@@ -51,7 +63,7 @@ def fill_rabbitmq(queue: str, count: int, arguments: dict[str, str] | None) -> N
         channel.queue_declare(queue, durable=True, arguments=arguments)
         properties = pika.BasicProperties(content_type="application/json", delivery_mode=2)
         for index in range(count):
-            channel.basic_publish("", queue, message(index), properties)
+            channel.basic_publish("", queue, message(index, task_type=task_type), properties)
         # Unconfirmed publishes: wait until the broker has them all in the queue.
         deadline = time.monotonic() + 60
         while channel.queue_declare(queue, passive=True).method.message_count < count:
@@ -62,7 +74,7 @@ def fill_rabbitmq(queue: str, count: int, arguments: dict[str, str] | None) -> N
         connection.close()
 
 
-def fill_redis(stream: str, count: int) -> None:
+def fill_redis(stream: str, count: int, task_type: str) -> None:
     client = redis.Redis.from_url(REDIS_URL)
     try:
         with contextlib.suppress(redis.ResponseError):  # BUSYGROUP
@@ -70,20 +82,20 @@ def fill_redis(stream: str, count: int) -> None:
         for start in range(0, count, 1000):
             pipeline = client.pipeline(transaction=False)
             for index in range(start, min(count, start + 1000)):
-                pipeline.xadd(stream, {"body": message(index)})
+                pipeline.xadd(stream, {"body": message(index, task_type=task_type)})
             pipeline.execute()
     finally:
         client.close()
 
 
-def fill_kafka(bootstrap: str, topic: str, count: int) -> None:
-    create_topic(bootstrap, topic)
+def fill_kafka(bootstrap: str, topic: str, count: int, task_type: str, partitions: int) -> None:
+    create_topic(bootstrap, topic, partitions)
     producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 5})
     for index in range(count):
-        body = message(index)
+        body = message(index, task_type=task_type)
         while True:
             try:
-                producer.produce(topic, value=body, key=f"bench-{index}".encode())
+                producer.produce(topic, value=body, key=f"bench-{index}".encode(), partition=index % partitions)
                 break
             except BufferError:
                 producer.poll(0.1)
@@ -92,9 +104,9 @@ def fill_kafka(bootstrap: str, topic: str, count: int) -> None:
         raise RuntimeError(f"Kafka topic {topic}: not every message was acknowledged")
 
 
-def create_topic(bootstrap: str, topic: str) -> None:
+def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    futures = admin.create_topics([NewTopic(topic, PARTITIONS, 1)])
+    futures = admin.create_topics([NewTopic(topic, partitions, 1)])
     for future in futures.values():
         with contextlib.suppress(Exception):  # already there
             future.result(30)

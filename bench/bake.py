@@ -11,6 +11,7 @@ from pathlib import Path
 
 TEMPLATE = Path(__file__).resolve().parent.parent
 
+PREFETCH_COUNT = 100  # the bench's, for every broker and style (the bare loops' batch too)
 URLS = {
     "rabbitmq": "amqp://guest:guest@127.0.0.1:5672/%2F",
     "redis": "redis://127.0.0.1:6379/0",
@@ -68,7 +69,7 @@ def service_env(combo: Combo, queue: str, kafka: str | None, **extra: str) -> di
         "QUEUE_NAME": queue,
         "LOG_LEVEL": "INFO",
         "METRICS_PORT": "0",
-        "PREFETCH_COUNT": "100",
+        "PREFETCH_COUNT": str(PREFETCH_COUNT),
     }
     if combo.broker == "kafka":
         env["SESSION_TIMEOUT_SECONDS"] = "3"  # tansu answers a group join after half of it

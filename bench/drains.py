@@ -1,6 +1,7 @@
 """Measure 1, 2, 5 and 6 of the benchmark: a queue pre-filled with N messages, drained by the
 generated worker, the bare client loop, Celery and FastStream; messages per second between the
-first and the last message handled; and the worker's peak RSS.
+first and the last message handled; and the worker's peak RSS. Then two drains of the generated
+worker alone: with a handler that waits 10 ms (bench/io_worker.py), and one killed part way.
 
 The generated worker's handled messages are read from its log as it grows (Handled, over a
 procs.LogTail): the log reaches MBs, and reading it whole at every poll would take CPU from the
@@ -12,6 +13,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import random
 import re
 import subprocess
 import sys
@@ -21,9 +23,10 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import io_worker
 import queues
 import redis
-from bake import Combo, service_env
+from bake import PREFETCH_COUNT, Combo, service_env
 from procs import BenchError, LogTail, free_port, log_time, running, wait_until
 
 BENCH = Path(__file__).resolve().parent
@@ -164,6 +167,71 @@ def bare(drain: Drain, combo: Combo) -> float:
         return rate(result["first"], result["last"], result["count"])
     finally:
         queues.delete(drain.broker, queue, drain.kafka)
+
+
+def io_bound(drain: Drain, combo: Combo, count: int) -> float:
+    """Messages per second with bench/io_worker.py's handler (10 ms asleep, 8 at a time; its
+    docstring says how): against the ideal 800, what the runner loses overlapping them."""
+    queue = drain.queue(f"io-{combo.name}")
+    try:
+        queues.fill(
+            drain.broker, queue, count, drain.kafka, task_type=io_worker.TASK_TYPE, partitions=io_worker.CONCURRENCY
+        )
+        env = service_env(combo, queue, drain.kafka, **io_worker.settings(combo.broker, combo.consumer))
+        argv = [sys.executable, str(BENCH / "io_worker.py"), combo.slug, combo.consumer]
+        with running(argv, env, drain.logs / f"io-{combo.name}.log") as child:
+            handled, tail = Handled(io_worker.HANDLED), child.tail()
+            timeout = 60 + count / 100
+            wait_until(lambda: handled.read(tail) >= count, timeout, "the I/O-bound drain", child)
+        started, ended = min(handled.stamps) - io_worker.SLEEP_SECONDS, max(handled.stamps)
+        return len(handled.stamps) / (ended - started)
+    finally:
+        queues.delete(drain.broker, queue, drain.kafka)
+
+
+def kill_duplicates(drain: Drain, combo: Combo, count: int) -> int:
+    """Messages handled twice when a worker is SIGKILLed a third of the way through a drain and a
+    second one finishes it: at most what the first held unacknowledged (PREFETCH_COUNT). Every
+    message must be handled at least once: a loss is a BenchError."""
+    queue = drain.queue(f"kill-{combo.name}")
+    # Redis gives a dead consumer's pending messages to another once idle CLAIM_IDLE_SECONDS (30 by default).
+    claim = {"CLAIM_IDLE_SECONDS": "2"} if combo.broker == "redis" else {}
+    env = service_env(combo, queue, drain.kafka, **claim)
+    argv = [sys.executable, "-m", f"{combo.slug}.worker"]
+    handled = Handled()
+    try:
+        queues.fill(drain.broker, queue, count, drain.kafka)
+        # A third of the way, give or take a prefetch: not at the same point of the fetch and ack cycle each time.
+        kill_at = count // 3 + random.randrange(PREFETCH_COUNT)
+        with running(argv, env, drain.logs / f"kill-first-{combo.name}.log") as first:
+            tail = first.tail()
+            # Polled often: a --quick drain lasts a fraction of a second.
+            wait_until(lambda: handled.read(tail) >= kill_at, drain.timeout(), "a third handled", first, 0.005)
+            first.process.kill()
+            first.process.wait()
+            handled.read(tail)
+        if len(handled.ids) >= count:
+            raise BenchError(f"the first worker handled all {count} messages before it was killed")
+        with running(argv, env, drain.logs / f"kill-second-{combo.name}.log") as second:
+            tail = second.tail()
+            try:
+                # Kafka: the second worker gets the partitions once the group drops the first (SESSION_TIMEOUT_SECONDS).
+                wait_until(lambda: handled_all(handled, tail, count), drain.timeout() + 30, "the rest", second)
+            except BenchError as error:
+                missing = sorted(set(range(count)) - set(handled.ids))
+                raise BenchError(
+                    f"{len(missing)} message(s) lost after the kill, e.g. bench-{missing[0]}: {error}"
+                ) from None
+        handled.read(tail)  # what it finished while it stopped
+        return handled.count - len(handled.ids)
+    finally:
+        queues.delete(drain.broker, queue, drain.kafka)
+
+
+def handled_all(handled: Handled, tail: LogTail, count: int) -> bool:
+    """Every message of the drain handled at least once, by either worker."""
+    handled.read(tail)
+    return len(handled.ids) >= count
 
 
 def celery(drain: Drain) -> float | None:

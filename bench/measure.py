@@ -24,6 +24,7 @@ from typing import Any
 
 import drains
 import http_load
+import processor_alone
 import report
 import services
 from bake import TEMPLATE, Combo, bake_and_install
@@ -36,14 +37,35 @@ class Settings:
     http_seconds: float  # load per POST /tasks measurement
     e2e_rate: float  # POST /tasks per second for the latency measure
     e2e_count: int
+    processor_count: int  # timed calls of the Processor alone
+    io_count: int  # messages of the I/O-bound drain
+    kill_count: int  # messages of the drain killed part way: long enough to kill it a third of the way
 
     @classmethod
     def full(cls) -> Settings:
-        return cls(count=20_000, repeat=3, http_seconds=5, e2e_rate=100, e2e_count=300)
+        return cls(
+            count=20_000,
+            repeat=3,
+            http_seconds=5,
+            e2e_rate=100,
+            e2e_count=300,
+            processor_count=20_000,
+            io_count=2_000,
+            kill_count=20_000,
+        )
 
     @classmethod
     def quick(cls) -> Settings:
-        return cls(count=300, repeat=1, http_seconds=1, e2e_rate=50, e2e_count=50)
+        return cls(
+            count=300,
+            repeat=1,
+            http_seconds=1,
+            e2e_rate=50,
+            e2e_count=50,
+            processor_count=2_000,
+            io_count=200,
+            kill_count=3_000,
+        )
 
 
 Samples = dict[str, list[float | None]]
@@ -77,15 +99,45 @@ def measure_peers(drain: drains.Drain, samples: dict[str, Samples], styles: tupl
         samples[style]["faststream_msgs_per_s"].append(faststream)
 
 
+def overhead_us(worker: float, bare: float) -> float:
+    """What the framework adds to each message over the bare client loop, in microseconds."""
+    return 1e6 / worker - 1e6 / bare
+
+
 def measure_combo(combo: Combo, drain: drains.Drain, settings: Settings, samples: Samples) -> None:
+    """Every measure of one broker x style, once."""
+    measure_consuming(combo, drain, settings, samples)
+    measure_processor(combo, drain, settings, samples)
+    log(f"{combo.name}: I/O-bound handler (10 ms asleep, 8 at a time), {settings.io_count} messages")
+    samples["io_msgs_per_s"].append(drains.io_bound(drain, combo, settings.io_count))
+    log(f"{combo.name}: SIGKILL a third of the way through {settings.kill_count} messages, then a second worker")
+    samples["kill_duplicates"].append(drains.kill_duplicates(drain, combo, settings.kill_count))
+    measure_http(combo, drain, settings, samples)
+
+
+def measure_consuming(combo: Combo, drain: drains.Drain, settings: Settings, samples: Samples) -> None:
+    """The worker at INFO and at WARNING, the bare loop, and what the worker adds to each message."""
     log(f"{combo.name}: generated worker draining {settings.count} messages")
     rate, rss = drains.worker(drain, combo)
     samples["worker_msgs_per_s"].append(rate)
     samples["worker_rss_mb"].append(rss)
     log(f"{combo.name}: generated worker at LOG_LEVEL=WARNING")
-    samples["worker_quiet_msgs_per_s"].append(drains.quiet_worker(drain, combo))
+    quiet = drains.quiet_worker(drain, combo)
+    samples["worker_quiet_msgs_per_s"].append(quiet)
     log(f"{combo.name}: bare client loop")
-    samples["bare_msgs_per_s"].append(drains.bare(drain, combo))
+    bare = drains.bare(drain, combo)
+    samples["bare_msgs_per_s"].append(bare)
+    samples["overhead_us"].append(overhead_us(rate, bare))
+    samples["overhead_quiet_us"].append(overhead_us(quiet, bare))
+
+
+def measure_processor(combo: Combo, drain: drains.Drain, settings: Settings, samples: Samples) -> None:
+    log(f"{combo.name}: the Processor alone, {settings.processor_count} calls at INFO and at WARNING")
+    for field, level in (("processor_us", "INFO"), ("processor_quiet_us", "WARNING")):
+        samples[field].append(processor_alone.measure(combo, level, settings.processor_count, drain.logs))
+
+
+def measure_http(combo: Combo, drain: drains.Drain, settings: Settings, samples: Samples) -> None:
     log(f"{combo.name}: POST /tasks, with and without the publish ({http_load.client_name()})")
     api, bare = services.http(combo, drain.kafka, drain.logs, settings.http_seconds)
     samples["http_rps"].append(api.rps)
@@ -136,6 +188,9 @@ def machine(settings: Settings, load_before: tuple[float, float, float]) -> dict
         "http_seconds": settings.http_seconds,
         "e2e_rate_per_s": settings.e2e_rate,
         "e2e_tasks": settings.e2e_count,
+        "processor_calls": settings.processor_count,
+        "io_messages": settings.io_count,
+        "kill_messages": settings.kill_count,
         "template_commit": commit.stdout.strip(),
         "celery_pool": "solo, prefetch 100, acks_late",
     }

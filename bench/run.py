@@ -6,9 +6,17 @@ On first use it makes bench/.venv from bench/requirements.txt (peers and client 
 included) and re-runs itself there. It then bakes one project per broker x consumer style from
 this checkout, installs them, and measures everything in one run so that the figures compare:
 consuming (generated worker, bare client loop, Celery, FastStream), POST /tasks with and without
-the publish, end-to-end latency and the worker's peak memory. Needs RabbitMQ at 127.0.0.1:5672
-and Redis at 127.0.0.1:6379; for Kafka it starts tansu (see tests/kafka_broker.py).
-Writes a markdown table to stdout, the figures to --out (JSON) and a chart beside it (.png).
+the publish, end-to-end latency and the worker's peak memory; then, per broker x style:
+- overhead_us / overhead_quiet_us: what the worker adds to each message over the bare loop,
+  1e6/worker - 1e6/bare, at LOG_LEVEL=INFO and at WARNING;
+- processor_us / processor_quiet_us: the Processor alone, in a process of its own, at INFO and
+  at WARNING (bench/processor_alone.py);
+- io_msgs_per_s: a handler that waits 10 ms, 8 at a time, against the ideal 800 (bench/io_worker.py);
+- kill_duplicates: messages handled twice when a worker is SIGKILLed part way through a drain
+  and a second one finishes it (none may be lost).
+Needs RabbitMQ at 127.0.0.1:5672 and Redis at 127.0.0.1:6379; for Kafka it starts tansu (see
+tests/kafka_broker.py). Writes markdown tables to stdout, the figures to --out (JSON) and a chart
+beside it (.png).
 """
 
 from __future__ import annotations

@@ -211,28 +211,30 @@ def ratio_panel(axis: Any, names: list[str], runs: list[dict[str, Any]], title: 
         axis.annotate(label, (index, values[index]), ha="center", va="bottom", fontsize=8)
 
 
-BUDGET_CLIP = 3.0  # figure / budget shown up to this; a bar cut there is labelled with its figure
+BUDGET_CLIP = (-1.0, 3.0)  # figure / budget shown within these; a bar cut there has its figure written in
 
 
 def budget_panel(axis: Any, names: list[str], runs: list[dict[str, Any]]) -> None:
     """Each budget at most as a share of itself, grouped by broker x style: under the line meets it."""
     fields = [field for field, (_, sign, _, _) in BUDGETS.items() if sign == "≤"]
+    low, high = BUDGET_CLIP
     width = 0.8 / len(fields)
     for offset, field in enumerate(fields):
         name, _, limit, _ = BUDGETS[field]
         positions = [index + (offset - (len(fields) - 1) / 2) * width for index in range(len(runs))]
         shares = [(run.get(field) or 0.0) / limit for run in runs]
-        axis.bar(positions, [min(share, BUDGET_CLIP) for share in shares], width, label=f"{name} (≤ {limit:g})")
+        axis.bar(positions, [min(max(share, low), high) for share in shares], width, label=f"{name} (≤ {limit:g})")
         for position, share, run in zip(positions, shares, runs, strict=True):
-            if share > BUDGET_CLIP:  # its figure, written down the bar from the top
-                place = (position, BUDGET_CLIP * 0.98)
+            if not low <= share <= high:  # its figure, written along the bar from the cut end
+                end, align = (high * 0.98, "top") if share > high else (low * 0.98, "bottom")
                 axis.annotate(
-                    f"{run[field]:,.0f}", place, ha="center", va="top", rotation=90, fontsize=7, color="white"
+                    f"{run[field]:,.0f}", (position, end), ha="center", va=align, rotation=90, fontsize=7, color="white"
                 )
     axis.axhline(1.0, color="black", linestyle="--", linewidth=1)
+    axis.axhline(0.0, color="grey", linewidth=0.5)
     axis.set_xticks(range(len(runs)), names)
-    axis.set_ylim(min(0.0, axis.get_ylim()[0]), BUDGET_CLIP * 1.25)
-    axis.set_title(f"Per message: figure / budget (target ≤ 1; cut at {BUDGET_CLIP:g}, the figure written in)")
+    axis.set_ylim(min(0.0, axis.get_ylim()[0]), high * 1.25)
+    axis.set_title(f"Per message: figure / budget (target ≤ 1; cut at {low:g} and {high:g}, the figure written in)")
     axis.tick_params(axis="x", labelsize=8)
     axis.legend(fontsize=7, ncols=len(fields), loc="upper center")
 
@@ -243,6 +245,7 @@ def io_panel(axis: Any, names: list[str], runs: list[dict[str, Any]]) -> None:
     axis.bar(names, values, color=["tab:green" if value >= target else "tab:red" for value in values])
     axis.axhline(target, color="black", linestyle="--", linewidth=1)
     axis.axhline(IO_IDEAL_MSGS_PER_S, color="grey", linestyle=":", linewidth=1)
+    axis.set_ylim(0, max([IO_IDEAL_MSGS_PER_S, *values]) * 1.1)
     axis.set_title(f"I/O-bound msg/s (target ≥ {target:g}, ideal {IO_IDEAL_MSGS_PER_S:g})")
     axis.tick_params(axis="x", labelsize=8)
     for index, value in enumerate(values):

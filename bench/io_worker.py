@@ -7,8 +7,10 @@ one), then logs one line: how well the worker overlaps handlers that wait.
 The concurrency is 8 in both styles, so the ideal is 8 / 10 ms = 800 messages a second:
 - threaded: HANDLER_THREADS=8; PREFETCH_COUNT stays the bench's 100;
 - async: PREFETCH_COUNT=8, as the async runner runs every message in hand at once;
-- Kafka: a partition's records are handled in order, one at a time, so the topic has 8 partitions
-  (TOPIC_PARTITIONS=8, and the bench fills them round robin, the same share each).
+- Kafka: a partition's records are handled in order, one at a time, so the concurrency is the
+  topic's 8 partitions (TOPIC_PARTITIONS=8, filled round robin, the same share each), with
+  HANDLER_THREADS=8 in the threaded style and the bench's PREFETCH_COUNT of 100 in both: a
+  PREFETCH_COUNT of 8 would fetch 8 records of one partition, to be handled one after another.
 The rate runs from the first handler's start (its line's time less the 10 ms) to the last one's
 end, so that 8 handlers finishing together count as the 10 ms they took.
 """
@@ -37,7 +39,12 @@ class IoSleepPayload(BaseModel):
 
 def settings(broker: str, consumer: str) -> dict[str, str]:
     """The environment that sets the concurrency to 8 in either style (see the module's docstring)."""
-    env = {"HANDLER_THREADS": str(CONCURRENCY)} if consumer == "threaded" else {"PREFETCH_COUNT": str(CONCURRENCY)}
+    if consumer == "threaded":
+        env = {"HANDLER_THREADS": str(CONCURRENCY)}
+    elif broker != "kafka":
+        env = {"PREFETCH_COUNT": str(CONCURRENCY)}
+    else:
+        env = {}
     if broker == "kafka":
         env["TOPIC_PARTITIONS"] = str(CONCURRENCY)
     return env

@@ -89,10 +89,12 @@ async def redis_asyncio_loop(stream: str, clock: Clock) -> None:
     await client.aclose()
 
 
-def confluent_loop(bootstrap: str, topic: str, clock: Clock) -> None:
+def confluent_consumer(bootstrap: str) -> Any:
+    """A group of its own, offsets committed by hand; the generated worker's group settings where
+    they matter on tansu (session 3 s, heartbeat 1 s) and, as it, the client's default fetch settings."""
     from confluent_kafka import Consumer
 
-    consumer = Consumer(
+    return Consumer(
         {
             "bootstrap.servers": bootstrap,
             "group.id": f"bare-{uuid.uuid4().hex}",
@@ -102,6 +104,26 @@ def confluent_loop(bootstrap: str, topic: str, clock: Clock) -> None:
             "heartbeat.interval.ms": 1000,
         }
     )
+
+
+def aiokafka_consumer(bootstrap: str, topic: str) -> Any:
+    """As confluent_consumer, with aiokafka: subscribed to `topic`, records fetched PREFETCH at most."""
+    from aiokafka import AIOKafkaConsumer
+
+    return AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=f"bare-{uuid.uuid4().hex}",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=PREFETCH,
+        session_timeout_ms=3000,
+        heartbeat_interval_ms=1000,
+    )
+
+
+def confluent_loop(bootstrap: str, topic: str, clock: Clock) -> None:
+    consumer = confluent_consumer(bootstrap)
     consumer.subscribe([topic])
     while not clock.done:
         records = consumer.consume(PREFETCH, timeout=1.0)
@@ -114,18 +136,7 @@ def confluent_loop(bootstrap: str, topic: str, clock: Clock) -> None:
 
 
 async def aiokafka_loop(bootstrap: str, topic: str, clock: Clock) -> None:
-    from aiokafka import AIOKafkaConsumer
-
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        group_id=f"bare-{uuid.uuid4().hex}",
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        max_poll_records=PREFETCH,
-        session_timeout_ms=3000,
-        heartbeat_interval_ms=1000,
-    )
+    consumer = aiokafka_consumer(bootstrap, topic)
     await consumer.start()
     try:
         while not clock.done:

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import bare_e2e
 import drains
 import http_load
 import processor_alone
@@ -113,6 +114,7 @@ def measure_combo(combo: Combo, drain: drains.Drain, settings: Settings, samples
     log(f"{combo.name}: SIGKILL a third of the way through {settings.kill_count} messages, then a second worker")
     samples["kill_duplicates"].append(drains.kill_duplicates(drain, combo, settings.kill_count))
     measure_http(combo, drain, settings, samples)
+    measure_bare_e2e(combo, drain, settings, samples)
 
 
 def measure_consuming(combo: Combo, drain: drains.Drain, settings: Settings, samples: Samples) -> None:
@@ -148,6 +150,19 @@ def measure_http(combo: Combo, drain: drains.Drain, settings: Settings, samples:
     latencies = sorted(services.end_to_end(combo, drain.kafka, drain.logs, settings.e2e_rate, settings.e2e_count))
     samples["e2e_p50_ms"].append(http_load.percentile(latencies, 50) * 1000)
     samples["e2e_p99_ms"].append(http_load.percentile(latencies, 99) * 1000)
+
+
+def measure_bare_e2e(combo: Combo, drain: drains.Drain, settings: Settings, samples: Samples) -> None:
+    """Kafka only (None, n/a, elsewhere): the bare client's own end-to-end latency at the e2e
+    measure's rate and count, with its default fetch settings (bench/bare_e2e.py)."""
+    if drain.kafka is None:
+        samples["bare_e2e_p50_ms"].append(None)
+        samples["bare_e2e_p99_ms"].append(None)
+        return
+    log(f"{combo.name}: the bare client's end-to-end latency at {settings.e2e_rate:g}/s")
+    latencies = sorted(bare_e2e.measure(combo, drain.kafka, settings.e2e_rate, settings.e2e_count, drain.logs))
+    samples["bare_e2e_p50_ms"].append(http_load.percentile(latencies, 50) * 1000)
+    samples["bare_e2e_p99_ms"].append(http_load.percentile(latencies, 99) * 1000)
 
 
 def measure_broker(broker: str, styles: tuple[str, ...], settings: Settings, logs: Path) -> list[dict[str, Any]]:

@@ -1,5 +1,9 @@
 """The benchmark's outputs: medians with their spread, markdown tables, the JSON and a chart of
-the ratios and budgets that the targets are about."""
+the ratios and budgets that the targets are about.
+
+Kafka's end-to-end p50 is marked ✓ at 50 ms at most, or at 1.2 x the bare client's own p50 on the
+same broker at most (bench/bare_e2e.py): a broker that answers fetches late holds every client back.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +26,8 @@ FIELDS = [
     "http_p99_ms",
     "e2e_p50_ms",
     "e2e_p99_ms",
+    "bare_e2e_p50_ms",
+    "bare_e2e_p99_ms",
     "worker_rss_mb",
     "overhead_us",
     "overhead_quiet_us",
@@ -47,7 +53,10 @@ BUDGETS = {
     "kill_duplicates": ("duplicates after SIGKILL", "≤", float(PREFETCH_COUNT), 0),
 }
 IO_IDEAL_MSGS_PER_S = 800.0  # 8 handlers at a time, 10 ms each (bench/io_worker.py)
+# Kafka's e2e p50 meets its target at <= KAFKA_E2E_P50_MS, or at <= KAFKA_E2E_BARE_FACTOR x the bare
+# client's own p50 on the same broker (bare_e2e_p50_ms): "or the bare client shown to wait the same".
 KAFKA_E2E_P50_MS = 50.0
+KAFKA_E2E_BARE_FACTOR = 1.2
 
 
 def summarise(broker: str, consumer: str, samples: dict[str, list[float | None]]) -> dict[str, Any]:
@@ -142,24 +151,32 @@ def http_table(runs: list[dict[str, Any]]) -> str:
     post = TARGETS["POST /tasks / no publish"][2]
     lines = [
         f"| broker | consumer | POST /tasks req/s | no-publish req/s | ratio (≥ {post:g}) | POST p50 / p99 ms "
-        f"| e2e p50 / p99 ms (Kafka p50 ≤ {KAFKA_E2E_P50_MS:g}) |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        f"| e2e p50 / p99 ms (Kafka p50 ≤ {KAFKA_E2E_P50_MS:g} or ≤ {KAFKA_E2E_BARE_FACTOR:g} x bare) "
+        "| bare e2e p50 / p99 ms |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for run in runs:
         lines.append(
             f"| {run['broker']} | {run['consumer']} | {cell(run, 'http_rps')} | {cell(run, 'http_bare_rps')} "
             f"| {verdict(run['ratios']['POST /tasks / no publish'], post)} "
             f"| {cell(run, 'http_p50_ms', 1)} / {cell(run, 'http_p99_ms', 1)} "
-            f"| {e2e_p50_cell(run)} / {cell(run, 'e2e_p99_ms', 1)} |"
+            f"| {e2e_p50_cell(run)} / {cell(run, 'e2e_p99_ms', 1)} "
+            f"| {cell(run, 'bare_e2e_p50_ms', 1)} / {cell(run, 'bare_e2e_p99_ms', 1)} |"
         )
     return "\n".join(lines)
 
 
 def e2e_p50_cell(run: dict[str, Any]) -> str:
-    """Marked for Kafka only: its consumer's fetch waits are what the target is about."""
+    """Marked for Kafka only: its consumer's fetch waits are what the target is about. ✓ at p50 ≤
+    KAFKA_E2E_P50_MS, or ≤ KAFKA_E2E_BARE_FACTOR x the bare client's p50 (the broker's own wait)."""
     if run["broker"] != "kafka" or run["e2e_p50_ms"] is None:
         return cell(run, "e2e_p50_ms", 1)
-    return f"{cell(run, 'e2e_p50_ms', 1)} {mark(run['e2e_p50_ms'] <= KAFKA_E2E_P50_MS)}"
+    return f"{cell(run, 'e2e_p50_ms', 1)} {mark(kafka_e2e_met(run['e2e_p50_ms'], run['bare_e2e_p50_ms']))}"
+
+
+def kafka_e2e_met(p50_ms: float, bare_p50_ms: float | None) -> bool:
+    """The worker's p50 within the absolute target, or within the factor of the bare client's on this broker."""
+    return p50_ms <= KAFKA_E2E_P50_MS or (bare_p50_ms is not None and p50_ms <= KAFKA_E2E_BARE_FACTOR * bare_p50_ms)
 
 
 def budget_table(runs: list[dict[str, Any]]) -> str:

@@ -13,7 +13,10 @@ the publish, end-to-end latency and the worker's peak memory; then, per broker x
   at WARNING (bench/processor_alone.py);
 - io_msgs_per_s: a handler that waits 10 ms, 8 at a time, against the ideal 800 (bench/io_worker.py);
 - kill_duplicates: messages handled twice when a worker is SIGKILLed part way through a drain
-  and a second one finishes it (none may be lost).
+  and a second one finishes it (none may be lost);
+- bare_e2e_p50_ms / bare_e2e_p99_ms, Kafka only: the bare client's own end-to-end latency at the
+  same rate and count, with its default fetch settings as the worker's (bench/bare_e2e.py); Kafka's
+  e2e p50 meets its target at <= 50 ms or at <= 1.2 x this one's.
 Needs RabbitMQ at 127.0.0.1:5672 and Redis at 127.0.0.1:6379; for Kafka it starts tansu (see
 tests/kafka_broker.py). Writes markdown tables to stdout, the figures to --out (JSON) and a chart
 beside it (.png).

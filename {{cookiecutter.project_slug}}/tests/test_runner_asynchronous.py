@@ -118,6 +118,17 @@ def test_no_more_than_the_capacity_is_ever_in_hand(registry: TaskRegistry) -> No
     assert transport.most_in_hand == 3
 
 
+def test_a_place_left_free_is_filled_without_waiting_for_a_batchs_worth(
+    registry: TaskRegistry, recorder: Recorder
+) -> None:
+    """Capacity 8 refills by 2; slow handlers must not leave the one free place idle until a second frees."""
+    slow = [task("record", f"slow-{n}", 1.5) for n in range(7)]
+    transport = FakeTransport([*slow, task("record", "quick-1"), task("record", "quick-2")], capacity=8)
+    running(registry, transport, lambda: len(recorder.finished) == 9)
+    assert recorder.finished[:2] == ["quick-1", "quick-2"]  # handled while the slow ones ran, not after them
+    assert transport.most_in_hand == 8
+
+
 def test_a_failing_message_goes_back_to_the_broker_or_to_the_dead_letters(registry: TaskRegistry) -> None:
     transport = FakeTransport([task("explode", "bad"), b"not json"])
     running(registry, transport, lambda: len(transport.retried) == 1 and len(transport.dead) == 1)

@@ -27,6 +27,9 @@ logger = logging.getLogger(__name__)
 
 IDLE_FETCH_SECONDS = 1.0  # how long a fetch waits for a message; the loop checks for a stop between fetches
 JOIN_MARGIN_SECONDS = 5.0  # over the shutdown timeout, for closing the connection
+# A place free this long is filled even if a batch's worth is not: handlers that wait on I/O free
+# places one at a time, and an idle place costs them more than a fetch for fewer messages.
+REFILL_WAIT_SECONDS = 0.001
 
 
 class Transport(Protocol):
@@ -156,14 +159,19 @@ class Runner:
             await self._transport.close()
 
     async def _step(self, in_hand: InHand) -> None:
-        """Take what there is room for, or wait until there is room for a batch."""
+        """Take what there is room for, once there is room for a batch or a place has been free a while."""
         if in_hand.lane_broken and not self._stopping.is_set():  # stopping: the drain follows
             raise RuntimeError("a message of an ordered lane was not settled; reading it again from the broker")
         capacity, batch = self._transport.capacity, refill_size(self._transport.capacity)
         free = capacity - len(in_hand)
-        if free < batch:
-            await in_hand.wait_for_room(capacity - batch, IDLE_FETCH_SECONDS, self._stopping)
+        if free == 0:
+            await in_hand.wait_for_room(capacity - 1, IDLE_FETCH_SECONDS, self._stopping)
             return
+        if free < batch:
+            await in_hand.wait_for_room(capacity - batch, REFILL_WAIT_SECONDS, self._stopping)
+            if self._stopping.is_set():
+                return
+            free = capacity - len(in_hand)
         for delivery in await self._transport.fetch(free, IDLE_FETCH_SECONDS):
             in_hand.add(delivery)
 

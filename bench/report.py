@@ -161,9 +161,16 @@ def http_table(runs: list[dict[str, Any]]) -> str:
             f"| {verdict(run['ratios']['POST /tasks / no publish'], post)} "
             f"| {cell(run, 'http_p50_ms', 1)} / {cell(run, 'http_p99_ms', 1)} "
             f"| {e2e_p50_cell(run)} / {cell(run, 'e2e_p99_ms', 1)} "
-            f"| {cell(run, 'bare_e2e_p50_ms', 1)} / {cell(run, 'bare_e2e_p99_ms', 1)} |"
+            f"| {bare_e2e_cell(run)} |"
         )
     return "\n".join(lines)
+
+
+def bare_e2e_cell(run: dict[str, Any]) -> str:
+    """p50 / p99, or one n/a where it is not measured (every broker but Kafka)."""
+    if run["bare_e2e_p50_ms"] is None:
+        return "n/a"
+    return f"{cell(run, 'bare_e2e_p50_ms', 1)} / {cell(run, 'bare_e2e_p99_ms', 1)}"
 
 
 def e2e_p50_cell(run: dict[str, Any]) -> str:

@@ -16,10 +16,12 @@ class Recorder:
         self._changed = threading.Condition()
         self.started: list[str] = []
         self.finished: list[str] = []
+        self.most_at_once = 0  # the most handlers running at the same time
 
     def start(self, task_id: str) -> None:
         with self._changed:
             self.started.append(task_id)
+            self.most_at_once = max(self.most_at_once, len(self.started) - len(self.finished))
             self._changed.notify_all()
 
     def finish(self, task_id: str) -> None:

@@ -20,7 +20,15 @@ from aiokafka.errors import KafkaError, UnknownError
 from ...messages import TaskMessage, encode
 from ...runner_asynchronous import connect_in_background
 from ..base import BrokerUnavailable, Delivery, text_headers
-from .records import Partition, PartitionedTransport, dead_letter_headers, group_id, partition_of, record_headers
+from .records import (
+    Partition,
+    PartitionedTransport,
+    dead_letter_headers,
+    fair_share,
+    group_id,
+    partition_of,
+    record_headers,
+)
 
 if TYPE_CHECKING:
     from ...settings import Settings
@@ -200,7 +208,23 @@ class BrokerTransport(PartitionedTransport):
         self._ledger.revoked(keys)
 
     async def fetch(self, max_count: int, wait_seconds: float) -> list[Delivery]:
-        batch = await self._consumer.getmany(timeout_ms=int(wait_seconds * 1000), max_records=max_count)
+        """A share of `max_count` from each partition that has records, then the rest from any: a
+        partition's records run one at a time, so a batch of one partition's (what a plain getmany
+        returns) would leave the others' waiting and the handlers idle."""
+        partitions = self._consumer.assignment()
+        share = fair_share(max_count, len(partitions))
+        batch = await self._consumer.getmany(timeout_ms=int(wait_seconds * 1000), max_records=share)
+        taken = sum(len(records) for records in batch.values())
+        for partition in partitions - batch.keys():
+            if taken >= max_count:
+                break
+            more = await self._consumer.getmany(partition, max_records=min(share, max_count - taken))
+            for records in more.values():
+                batch[partition] = records
+                taken += len(records)
+        if 0 < taken < max_count:
+            for partition, records in (await self._consumer.getmany(max_records=max_count - taken)).items():
+                batch[partition] = batch.get(partition, []) + records
         return [self._delivery(record) for records in batch.values() for record in records]
 
     @staticmethod

@@ -11,7 +11,7 @@ from {{ cookiecutter.project_slug }}.settings import Settings
 from {{ cookiecutter.project_slug }}.tasks import TaskRegistry
 
 from ..helpers import Recorder
-from .helpers import eventually, post, publish_only, running, wait_ready
+from .helpers import eventually, post, publish_only, wait_ready
 from .probes import Probe
 
 
@@ -51,15 +51,21 @@ def test_a_dead_letter_keeps_the_original_value(settings: Settings, registry: Ta
     assert "not a task message" in dead.headers["x-dead-letter-reason"]
     assert dead.headers["x-attempts"] == "1"
 
+{%- if cookiecutter.consumer == "async" %}
 
-def test_a_backlog_runs_on_every_partition_at_once(settings: Settings, registry: TaskRegistry, recorder: Recorder) -> None:
+
+def test_a_backlog_runs_on_every_partition_at_once(
+    settings: Settings, registry: TaskRegistry, recorder: Recorder
+) -> None:
     """A partition's records run one after another: a fetch filled with one partition's backlog
-    (what the clients hand out first) would leave the handlers of the others idle."""
+    (what the client hands out first) would leave the handlers of the others idle."""
     settings = settings.model_copy(update={"topic_partitions": 4, "prefetch_count": 8})
-    with running(settings.model_copy(update={"consumer_enabled": False}), registry) as client:
+    publishing = settings.model_copy(update={"consumer_enabled": False})
+    with TestClient(create_app(publishing, registry=registry)) as client:
         wait_ready(client)
         sent = [post(client, "record", seconds=0.2) for _ in range(32)]  # keyed by id: spread over the 4
-    with running(settings, registry):
+    with TestClient(create_app(settings, registry=registry)):
         assert recorder.wait_finished(len(sent), timeout=60)
     assert sorted(recorder.finished) == sorted(sent)
     assert recorder.most_at_once >= 3
+{%- endif %}

@@ -3,7 +3,6 @@ headers, and the bookkeeping of which offsets may be committed."""
 
 from __future__ import annotations
 
-import collections
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, cast
 
@@ -61,50 +60,6 @@ class PartitionedTransport:
         self._ledger = OffsetLedger()
 
 
-class FairQueue:
-    """Deliveries read from the client but not yet handed to the runner, by partition; handed out
-    a share of each partition at a time, each partition's in its order. A client that reads one
-    partition's backlog before the next's would otherwise fill the runner with records that can
-    only run one after another."""
-
-    def __init__(self) -> None:
-        self._waiting: dict[Partition, collections.deque[Delivery]] = {}
-        self._count = 0
-
-    def __len__(self) -> int:
-        return self._count
-
-    def put(self, delivery: Delivery) -> None:
-        self._waiting.setdefault(partition_of(delivery), collections.deque()).append(delivery)
-        self._count += 1
-
-    def take(self, max_count: int, partitions: int) -> list[Delivery]:
-        """Up to `max_count`, no more than a fair share of it (among `partitions`) from any one partition."""
-        share = fair_share(max_count, partitions)
-        taken: list[Delivery] = []
-        for partition in list(self._waiting):
-            if len(taken) >= max_count:
-                break
-            waiting = self._waiting.pop(partition)
-            for _ in range(min(share, len(waiting), max_count - len(taken))):
-                taken.append(waiting.popleft())
-            if waiting:
-                self._waiting[partition] = waiting  # to the back: the next take starts with the others
-        self._count -= len(taken)
-        return taken
-
-    def counts(self) -> dict[Partition, int]:
-        return {partition: len(waiting) for partition, waiting in self._waiting.items()}
-
-    def drop(self, partitions: Iterable[Partition] | None = None) -> int:
-        """Forget what waits of these partitions (of all, by default): their next owner reads it again."""
-        dropped = 0
-        for partition in list(self._waiting) if partitions is None else partitions:
-            dropped += len(self._waiting.pop(partition, ()))
-        self._count -= dropped
-        return dropped
-
-
 class OffsetLedger:
     """What may be committed: per partition this consumer owns, the offset after the last record
     settled. Records of a partition are settled in order (the runner runs each partition as one
@@ -118,11 +73,6 @@ class OffsetLedger:
 
     def assigned(self, partitions: Iterable[Partition]) -> None:
         self._owned.update(partitions)
-
-    @property
-    def owned(self) -> int:
-        """How many partitions this consumer owns."""
-        return len(self._owned)
 
     def settled(self, partition: Partition, offset: int) -> None:
         """Record `offset` of `partition` as done; a partition that moved away meanwhile is ignored."""

@@ -15,14 +15,7 @@ from typing import TYPE_CHECKING
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from ..base import Delivery, text_headers
-from .records import (
-    FairQueue,
-    Partition,
-    PartitionedTransport,
-    dead_letter_headers,
-    group_id,
-    partition_of,
-)
+from .records import Partition, PartitionedTransport, dead_letter_headers, group_id, partition_of
 from .threaded_config import client_config, producer_config
 from .threaded_logging import CLIENT_LOGGERS
 from .threaded_publisher import FLUSH_SECONDS, BrokerPublisher
@@ -65,15 +58,11 @@ class BrokerTransport(PartitionedTransport):
         self._fatal: KafkaError | None = None
         self._assigned = False  # between a rebalance's assignment and the next revocation
         self._last_commit = 0.0  # when the last commit was sent (time.monotonic())
-        self._waiting = FairQueue()  # read from the client, not yet handed to the runner
-        self._paused: set[Partition] = set()  # with PREFETCH_COUNT waiting here: not read from the client meanwhile
 
     def open(self) -> str:
         ensure_topics(self._settings)
         self._fatal = None
         self._ledger.clear()
-        self._waiting.drop()
-        self._paused.clear()
         self._assigned = False
         self._producer = Producer(
             producer_config(self._settings, "dead-letters", DEAD_LETTER_TIMEOUT_SECONDS, self._on_fatal)
@@ -102,37 +91,15 @@ class BrokerTransport(PartitionedTransport):
         self._fatal = error
 
     def fetch(self, max_count: int, wait_seconds: float) -> list[Delivery]:
-        """Read what the client has fetched into a FairQueue, and hand out a share of each partition.
-        The first record may take `wait_seconds`; the rest is only what is already fetched:
-        consume(n, timeout) would wait for n or the whole timeout, holding a lone record back."""
         consumer, producer = self._clients()
-        records = [] if self._waiting else consumer.consume(1, timeout=wait_seconds)
-        if records or self._waiting:
-            records += consumer.consume(self.capacity - len(records), timeout=0)
-        for record in records:
-            if (delivery := self._delivery(record)) is not None:
-                self._waiting.put(delivery)
+        # The first record may take `wait_seconds`; the rest is only what is already fetched. consume(n,
+        # timeout) would wait for n records or the whole timeout, holding a lone message back.
+        records = consumer.consume(1, timeout=wait_seconds)
+        if records and max_count > 1:
+            records += consumer.consume(max_count - 1, timeout=0)
         producer.poll(0)
         self._commit_in_background()
-        taken = self._waiting.take(max_count, self._ledger.owned)
-        self._balance(consumer)
-        return taken
-
-    def _balance(self, consumer: Consumer) -> None:
-        """librdkafka hands out a partition's whole fetched backlog before the next one's: stop
-        reading a partition with PREFETCH_COUNT records waiting here, so that the others' come
-        through, and read it again once half of them went. Pausing drops what librdkafka had read
-        of it; resuming reads on from the record after the last one consumed: none skipped, none
-        twice. Half a PREFETCH_COUNT still waits meanwhile, while the broker answers the new fetch."""
-        waiting = self._waiting.counts()
-        full = {partition for partition, count in waiting.items() if count >= self.capacity} - self._paused
-        drained = {partition for partition in self._paused if waiting.get(partition, 0) < self.capacity / 2}
-        if full:
-            consumer.pause([TopicPartition(topic, partition) for topic, partition in full])
-            self._paused |= full
-        if drained:
-            consumer.resume([TopicPartition(topic, partition) for topic, partition in drained])
-            self._paused -= drained
+        return [delivery for record in records if (delivery := self._delivery(record)) is not None]
 
     def _delivery(self, record: Message) -> Delivery | None:
         error = record.error()
@@ -153,7 +120,7 @@ class BrokerTransport(PartitionedTransport):
         self._commit_in_background()
 
     def unsubscribe(self) -> int:
-        return self._waiting.drop()  # read but never handed out: not committed, so read again
+        return 0  # records are fetched only when asked for
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
         """Count them done, and commit in the background what is settled."""
@@ -261,8 +228,7 @@ class BrokerTransport(PartitionedTransport):
             logger.warning("could not commit offset %d of partition %d: %s", tp.offset, tp.partition, error or tp.error)
             self._ledger.settled((tp.topic, tp.partition), tp.offset - 1)
 
-    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        consumer.resume(partitions)  # a partition stays paused across a rebalance: it was ours before
+    def _on_assign(self, _: Consumer, partitions: list[TopicPartition]) -> None:
         self._assigned = True
         self._ledger.assigned((tp.topic, tp.partition) for tp in partitions)
         logger.info("assigned partitions %s", sorted(tp.partition for tp in partitions))
@@ -275,8 +241,6 @@ class BrokerTransport(PartitionedTransport):
         finally:
             self._assigned = False
             self._ledger.revoked(keys)
-            self._waiting.drop(keys)
-            self._paused -= keys
         logger.info("partitions %s revoked", sorted(partition for _, partition in keys))
 
     def _on_lost(self, _: Consumer, partitions: list[TopicPartition]) -> None:
@@ -284,6 +248,4 @@ class BrokerTransport(PartitionedTransport):
         keys = {(tp.topic, tp.partition) for tp in partitions}
         self._assigned = False
         self._ledger.revoked(keys)
-        self._waiting.drop(keys)
-        self._paused -= keys
         logger.warning("partitions %s lost", sorted(partition for _, partition in keys))

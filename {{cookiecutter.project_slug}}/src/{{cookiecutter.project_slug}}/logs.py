@@ -45,18 +45,19 @@ class TextFormatter(logging.Formatter):
 
     def __init__(self, fmt: str = TEXT_FORMAT) -> None:
         super().__init__(fmt)
-        self._second = -1
-        self._date = ""
+        # (second, its text), replaced whole: handler threads may read it while another replaces it.
+        self._last: tuple[int, str] = (-1, "")
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         return f"{self.date_and_second(record, self.default_time_format)},{int(record.msecs):03d}"
 
     def date_and_second(self, record: logging.LogRecord, datefmt: str) -> str:
         second = int(record.created)
-        if second != self._second:  # a race between threads only formats the same second twice
-            self._date = time.strftime(datefmt, self.converter(second))
-            self._second = second
-        return self._date
+        last_second, text = self._last
+        if second != last_second:
+            text = time.strftime(datefmt, self.converter(second))
+            self._last = (second, text)
+        return text
 
 
 class JsonFormatter(TextFormatter):

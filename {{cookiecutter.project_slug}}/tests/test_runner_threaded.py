@@ -285,7 +285,7 @@ def test_with_one_handler_thread_handlers_run_in_the_consumers_own(registry: Tas
 
 def test_a_connection_that_needs_its_thread_keeps_it_even_with_one_handler_thread(registry: TaskRegistry) -> None:
     transport = FakeTransport([task("where", f"t-{n}") for n in range(5)])
-    transport.handlers_may_hold_thread = False  # as pika's, which sends heartbeats from it
+    transport.handlers_may_hold_thread = False  # a connection that sends heartbeats from that thread
     ran_in = where_handlers_run(registry, transport, threads=1)
     assert len(ran_in) == 1
     assert "broker-consumer" not in ran_in

@@ -192,7 +192,8 @@ def build_mounts(workdir: Path) -> list[str]:
     authority, leaving the Dockerfile as it is. Only what a container can use is passed on:
     http(s) indexes (not file:// ones, nor find-links on this machine's disk)."""
     settings = pip_settings()
-    lines = ["[global]"]
+    # pip gives up on a read slower than 15 s, without retrying it (a CI build failed so, 1.7 MB into a wheel).
+    lines = ["[global]", "timeout = 60", "retries = 10"]
     mounts: list[str] = []
     for key in ("index-url", "extra-index-url", "trusted-host"):
         values = [value for value in settings.get(key, "").split() if key == "trusted-host" or value.startswith("http")]

@@ -34,6 +34,7 @@ BROKER_FILES = {
         "tests/integration/probes/kafka",
         "tests/integration/test_kafka.py",
         "tests/test_kafka_offsets.py",
+        "tests/test_kafka_commits_threaded.py",
     ],
 }
 
@@ -44,7 +45,7 @@ STYLE_FILES = {
         f"{PACKAGE}/runner_{module}.py",
         f"{PACKAGE}/brokers/*/{module}*.py",
         f"tests/integration/probes/*/{module}.py",
-        f"tests/test_runner_{module}.py",
+        f"tests/test_*_{module}.py",
     ]
     for style, module in (("threaded", "threaded"), ("async", "asynchronous"))
 }

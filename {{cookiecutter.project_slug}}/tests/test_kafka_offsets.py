@@ -83,3 +83,46 @@ def test_a_fair_share_is_never_zero() -> None:
     assert fair_share(100, 8) == 13
     assert fair_share(3, 8) == 1
     assert fair_share(5, 0) == 5
+
+
+def test_a_commit_under_way_counts_as_uncommitted_until_the_broker_confirms_it() -> None:
+    ledger = owning(P0)
+    for offset in range(10):
+        ledger.settled(P0, offset)
+    ledger.sent(ledger.due())
+    ledger.settled(P0, 10)  # while the commit is under way
+    assert (ledger.due(), ledger.unsent(), ledger.uncommitted()) == ({P0: 11}, 1, 11)
+    assert ledger.unconfirmed() == {P0: 11}
+    ledger.committed({P0: 10})
+    assert (ledger.unsent(), ledger.uncommitted()) == (1, 1)
+
+
+def test_what_a_failed_commit_covered_is_due_again_from_its_first_offset() -> None:
+    ledger = owning(P0)
+    for offset in range(5, 8):
+        ledger.settled(P0, offset)
+    ledger.sent(ledger.due())
+    ledger.settled(P0, 8)
+    ledger.failed(P0, 8)
+    assert (ledger.due(), ledger.uncommitted()) == ({P0: 9}, 4)
+
+
+def test_a_failed_commit_that_a_later_one_covers_changes_nothing() -> None:
+    ledger = owning(P0)
+    ledger.settled(P0, 0)
+    ledger.sent(ledger.due())
+    ledger.settled(P0, 1)
+    ledger.sent(ledger.due())  # covers the first
+    ledger.failed(P0, 1)
+    assert (ledger.due(), ledger.uncommitted()) == ({}, 2)
+    ledger.committed({P0: 2})
+    assert ledger.uncommitted() == 0
+
+
+def test_a_revoked_partitions_commit_under_way_is_forgotten() -> None:
+    ledger = owning(P0)
+    ledger.settled(P0, 0)
+    ledger.sent(ledger.due())
+    ledger.revoked([P0])
+    ledger.failed(P0, 1)
+    assert (ledger.due(), ledger.uncommitted()) == ({}, 0)

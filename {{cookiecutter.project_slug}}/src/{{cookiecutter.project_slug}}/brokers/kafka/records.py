@@ -64,12 +64,14 @@ class OffsetLedger:
     """What may be committed: per partition this consumer owns, the offset after the last record
     settled. Records of a partition are settled in order (the runner runs each partition as one
     lane), so a record that failed to settle is never passed: the runner starts over first.
-    It also counts what is settled but not yet committed: what a crash would deliver again."""
+    It also counts what is settled but not yet committed (what a crash would deliver again),
+    including what a commit under way covers until the broker confirms it."""
 
     def __init__(self) -> None:
         self._owned: set[Partition] = set()
-        self._due: dict[Partition, int] = {}  # settled, not yet committed: the offset to commit
+        self._due: dict[Partition, int] = {}  # settled, not yet sent in a commit: the offset to commit
         self._first: dict[Partition, int] = {}  # ... and the first offset the commit would cover
+        self._sent: dict[Partition, tuple[int, int]] = {}  # under way: (first offset covered, offset committed)
 
     def assigned(self, partitions: Iterable[Partition]) -> None:
         self._owned.update(partitions)
@@ -85,12 +87,49 @@ class OffsetLedger:
         wanted = self._due.keys() if partitions is None else set(partitions) & self._due.keys()
         return {partition: self._due[partition] for partition in wanted}
 
+    def unconfirmed(self) -> dict[Partition, int]:
+        """The offsets to commit for everything settled, including what a commit under way covers."""
+        offsets = {partition: offset for partition, (_, offset) in self._sent.items()}
+        return offsets | self._due
+
     def uncommitted(self) -> int:
-        """How many records are settled but not committed (at most: offsets may have gaps)."""
+        """How many records are settled but not confirmed committed (at most: offsets may have gaps)."""
+        return self.unsent() + sum(offset - first for first, offset in self._sent.values())
+
+    def unsent(self) -> int:
+        """How many records are settled but in no commit yet (at most: offsets may have gaps)."""
         return sum(offset - self._first[partition] for partition, offset in self._due.items())
 
+    def sent(self, offsets: Mapping[Partition, int]) -> None:
+        """A commit of `offsets` is under way: no longer due, not committed until `committed`."""
+        for partition, offset in offsets.items():
+            if partition in self._owned:
+                first = self._sent.get(partition, (self._first.get(partition, offset), 0))[0]
+                self._sent[partition] = (first, offset)
+        self._forget_due(offsets)
+
     def committed(self, offsets: Mapping[Partition, int]) -> None:
-        """Forget what was committed, unless more was settled meanwhile."""
+        """Confirmed: forget what the commit covered, unless more was settled meanwhile."""
+        self._forget_due(offsets)
+        for partition, offset in offsets.items():
+            if partition in self._sent:
+                first, sent = self._sent[partition]
+                if sent <= offset:
+                    del self._sent[partition]
+                else:
+                    self._sent[partition] = (max(first, offset), sent)
+
+    def failed(self, partition: Partition, offset: int) -> None:
+        """A commit of `offset` failed: what it covered is due again, unless a later commit covers it."""
+        first, sent = self._sent.get(partition, (0, -1))
+        if sent != offset:
+            return
+        del self._sent[partition]
+        if partition in self._owned:
+            self._due[partition] = max(self._due.get(partition, 0), offset)
+            self._first[partition] = min(self._first.get(partition, first), first)
+
+    def _forget_due(self, offsets: Mapping[Partition, int]) -> None:
         for partition, offset in offsets.items():
             if self._due.get(partition) == offset:
                 del self._due[partition]
@@ -104,8 +143,10 @@ class OffsetLedger:
             self._owned.discard(partition)
             self._due.pop(partition, None)
             self._first.pop(partition, None)
+            self._sent.pop(partition, None)
 
     def clear(self) -> None:
         self._owned.clear()
         self._due.clear()
         self._first.clear()
+        self._sent.clear()

@@ -1,8 +1,9 @@
 """Apache Kafka with confluent-kafka (librdkafka): the consumer's transport. One thread, the
 runner's, owns the consumer (closing it from another can hang its poll) and the dead-letter
 producer. Each partition is a lane: its records are handled in order, and offsets are committed
-only once records are handled or dead-lettered, in the background, at most every 10 ms and never
-more than a batch behind. Kafka has no per-record nack, so a failing record is retried in place.
+only once records are handled or dead-lettered, in the background, at most every 10 ms. Records
+held count until their commit is confirmed: what a crash delivers again is never more than
+PREFETCH_COUNT. Kafka has no per-record nack, so a failing record is retried in place.
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ class BrokerTransport(PartitionedTransport):
         self._fatal: KafkaError | None = None
         self._assigned = False  # between a rebalance's assignment and the next revocation
         self._last_commit = 0.0  # when the last commit was sent (time.monotonic())
+        # Half the window: the reply to one commit comes while the next half is handled.
+        self._commit_batch = max(1, self.capacity // 2)
 
     def open(self) -> str:
         ensure_topics(self._settings)
@@ -92,14 +95,27 @@ class BrokerTransport(PartitionedTransport):
 
     def fetch(self, max_count: int, wait_seconds: float) -> list[Delivery]:
         consumer, producer = self._clients()
+        room = self._room(max_count, consumer)
         # The first record may take `wait_seconds`; the rest is only what is already fetched. consume(n,
         # timeout) would wait for n records or the whole timeout, holding a lone message back.
         records = consumer.consume(1, timeout=wait_seconds)
-        if records and max_count > 1:
-            records += consumer.consume(max_count - 1, timeout=0)
+        if records and room > 1:
+            records += consumer.consume(room - 1, timeout=0)
         producer.poll(0)
         self._commit_in_background()
         return [delivery for record in records if (delivery := self._delivery(record)) is not None]
+
+    def _room(self, max_count: int, consumer: Consumer) -> int:
+        """How many of `max_count` records may be fetched: the runner counts what it holds, this
+        what is settled but not confirmed committed. No room: wait for a commit of it all."""
+        room = max_count - self._ledger.uncommitted()
+        if room > 0:
+            return room
+        self._commit(self._ledger.unconfirmed(), consumer)
+        room = max_count - self._ledger.uncommitted()
+        if room > 0:
+            return room
+        raise KafkaException("offsets settled long ago are still not committed")
 
     def _delivery(self, record: Message) -> Delivery | None:
         error = record.error()
@@ -126,7 +142,7 @@ class BrokerTransport(PartitionedTransport):
         """Count them done, and commit in the background what is settled."""
         for delivery in deliveries:
             self._ledger.settled(partition_of(delivery), delivery.handle.offset())
-        self._commit_in_background(at_once=self._ledger.uncommitted() >= self.capacity)
+        self._commit_in_background(at_once=self._ledger.unsent() >= self._commit_batch)
 
     def retry(self, delivery: Delivery) -> None:
         raise NotImplementedError("Kafka retries in place: the runner never asks the broker to")
@@ -205,8 +221,8 @@ class BrokerTransport(PartitionedTransport):
 
     def _commit_in_background(self, at_once: bool = False) -> None:
         """Send a commit of what is settled, without waiting for the reply, at most every
-        COMMIT_INTERVAL_SECONDS, or `at_once` (a batch is settled): what a crash repeats stays
-        within both. The reply comes to `_on_commit` during a later fetch."""
+        COMMIT_INTERVAL_SECONDS, or `at_once` (half a window is settled). The reply comes to
+        `_on_commit` during a later fetch."""
         now = time.monotonic()
         if not at_once and now - self._last_commit < COMMIT_INTERVAL_SECONDS:
             return
@@ -218,15 +234,18 @@ class BrokerTransport(PartitionedTransport):
         except KafkaException as error:
             logger.warning("could not commit offsets: %s", error)  # kept for the next commit
             return
-        self._ledger.committed(offsets)
+        self._ledger.sent(offsets)
         self._last_commit = now
 
     def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
-        """A commit failed: what it covered is due again, unless a later commit covers it."""
-        failed = [tp for tp in partitions if error is not None or tp.error is not None]
-        for tp in failed:
-            logger.warning("could not commit offset %d of partition %d: %s", tp.offset, tp.partition, error or tp.error)
-            self._ledger.settled((tp.topic, tp.partition), tp.offset - 1)
+        """The broker's reply: what a failed commit covered is due again, unless a later commit covers it."""
+        for tp in partitions:
+            if error is None and tp.error is None:
+                self._ledger.committed({(tp.topic, tp.partition): tp.offset})
+            else:
+                cause = error or tp.error
+                logger.warning("could not commit offset %d of partition %d: %s", tp.offset, tp.partition, cause)
+                self._ledger.failed((tp.topic, tp.partition), tp.offset)
 
     def _on_assign(self, _: Consumer, partitions: list[TopicPartition]) -> None:
         self._assigned = True

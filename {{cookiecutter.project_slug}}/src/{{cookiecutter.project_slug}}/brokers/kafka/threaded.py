@@ -95,10 +95,11 @@ class BrokerTransport(PartitionedTransport):
 
     def fetch(self, max_count: int, wait_seconds: float) -> list[Delivery]:
         consumer, producer = self._clients()
-        room = self._room(max_count, consumer)
         # The first record may take `wait_seconds`; the rest is only what is already fetched. consume(n,
-        # timeout) would wait for n records or the whole timeout, holding a lone message back.
+        # timeout) would wait for n records or the whole timeout, holding a lone message back. It
+        # also serves the replies to commits, so the room is counted after it (and is at least 1).
         records = consumer.consume(1, timeout=wait_seconds)
+        room = self._room(max_count, consumer)
         if records and room > 1:
             records += consumer.consume(room - 1, timeout=0)
         producer.poll(0)

@@ -7,6 +7,8 @@ import time
 import uuid
 from collections.abc import Iterator
 
+import fastapi.dependencies.utils
+import fastapi.routing
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
@@ -53,6 +55,19 @@ def test_a_valid_task_is_accepted_and_published(client: TestClient, broker: InMe
     [message] = broker.published
     assert (message.id, message.type, message.payload) == (body["id"], "process_image", IMAGE_TASK["payload"])
     assert published_total() == before + 1
+
+
+def test_a_task_is_accepted_without_a_hop_to_the_thread_pool(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FastAPI runs a plain `def` dependency or endpoint in its thread pool: a hand-over per request."""
+
+    def refuse(*_: object, **__: object) -> None:
+        raise AssertionError("POST /tasks ran something in the thread pool")
+
+    monkeypatch.setattr(fastapi.dependencies.utils, "run_in_threadpool", refuse)
+    monkeypatch.setattr(fastapi.routing, "run_in_threadpool", refuse)
+    assert client.post("/tasks", json=IMAGE_TASK).status_code == 202
 
 
 def test_the_request_id_is_returned_and_travels_with_the_message(client: TestClient, broker: InMemoryBroker) -> None:

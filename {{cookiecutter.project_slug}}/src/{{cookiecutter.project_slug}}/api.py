@@ -59,22 +59,24 @@ class Liveness(BaseModel):
     status: Literal["alive"] = "alive"
 
 
-def get_settings_dep(request: Request) -> Settings:
+# The dependencies only read app.state: async, because FastAPI runs a plain `def` one in its
+# thread pool, a hand-over to another thread and back for each, on every request.
+async def get_settings_dep(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_publisher(request: Request) -> Publisher:
+async def get_publisher(request: Request) -> Publisher:
     publisher: Publisher = request.app.state.publisher
     return publisher
 
 
-def get_consumer(request: Request) -> Consumer | None:
+async def get_consumer(request: Request) -> Consumer | None:
     consumer: Consumer | None = request.app.state.consumer
     return consumer
 
 
-def get_registry(request: Request) -> TaskRegistry:
+async def get_registry(request: Request) -> TaskRegistry:
     registry: TaskRegistry = request.app.state.registry
     return registry
 

@@ -61,6 +61,18 @@ def test_a_bad_message_is_dead_lettered_at_once(processor: Processor, recorder: 
     assert recorder.started == []
 
 
+def test_a_message_only_the_one_pass_validation_refuses_is_dead_lettered_unhandled(
+    processor: Processor, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Should the one-pass model ever disagree with the envelope and payload models, refuse, don't guess."""
+    monkeypatch.setattr(processor.registry, "parse", lambda _: None)
+    broker = InMemoryBroker()
+    broker.put_raw(body("record", {}))
+    assert drain(broker, processor) == [Outcome.DEAD_LETTERED]
+    assert [reason for _, reason in broker.dead_letters] == ["refused by the task type's message model"]
+    assert recorder.started == []
+
+
 def test_unknown_fields_are_ignored(processor: Processor, recorder: Recorder) -> None:
     raw = json.dumps({"id": "x-1", "type": "record", "payload": {}, "priority": 5, "trace": {"a": 1}}).encode()
     assert process(processor, raw) is Outcome.SUCCEEDED

@@ -20,7 +20,7 @@ from prometheus_client import Histogram
 from pydantic import BaseModel, ValidationError
 
 from . import tracing
-from .logs import context_var
+from .logs import LogContext, context_var
 from .messages import PUBLISHED_AT_HEADER, REQUEST_ID_HEADER, InvalidMessage, TaskMessage, decode
 from .metrics import HANDLER_DURATION, QUEUE_WAIT, TASKS_PROCESSED
 from .tasks import TaskRegistry, TaskType
@@ -68,7 +68,7 @@ class Processor:
             verdict = self._refuse(body, retries, headers)
         else:
             task_type, message, payload = parsed
-            token = context_var.set((message.id, message.type, retries + 1, headers.get(REQUEST_ID_HEADER) or "-"))
+            token = context_var.set(log_fields(message, retries, headers))
             try:
                 if retries == 0:
                     observe_queue_wait(headers)
@@ -138,7 +138,7 @@ class Processor:
         except InvalidMessage as error:
             logger.warning("dead-lettering a malformed message: %s", error)
             return Verdict(Outcome.DEAD_LETTERED, str(error))
-        token = context_var.set((message.id, message.type, retries + 1, headers.get(REQUEST_ID_HEADER) or "-"))
+        token = context_var.set(log_fields(message, retries, headers))
         try:
             task_type = self.registry.get(message.type)
             if task_type is None:
@@ -161,6 +161,11 @@ class Processor:
         if child is None:  # once per task type and outcome: task types are the registry's, so few
             child = self._durations[task_type, outcome] = HANDLER_DURATION.labels(type=task_type, outcome=outcome.value)
         return child
+
+
+def log_fields(message: TaskMessage, retries: int, headers: Mapping[str, str]) -> LogContext:
+    """What each log line of one attempt at `message` says of it."""
+    return (message.id, message.type, retries + 1, headers.get(REQUEST_ID_HEADER) or "-")
 
 
 def observe_queue_wait(headers: Mapping[str, str]) -> None:

@@ -57,13 +57,13 @@ def test_a_valid_task_is_accepted_and_published(client: TestClient, broker: InMe
     assert published_total() == before + 1
 
 
-def test_a_task_is_accepted_without_a_hop_to_the_thread_pool(
+def test_a_task_is_accepted_without_a_hop_to_the_threadpool(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """FastAPI runs a plain `def` dependency or endpoint in its thread pool: a hand-over per request."""
+    """FastAPI runs a plain `def` dependency or endpoint in its threadpool: a hand-over per request."""
 
     def refuse(*_: object, **__: object) -> None:
-        raise AssertionError("POST /tasks ran something in the thread pool")
+        raise AssertionError("POST /tasks ran something in the threadpool")
 
     monkeypatch.setattr(fastapi.dependencies.utils, "run_in_threadpool", refuse)
     monkeypatch.setattr(fastapi.routing, "run_in_threadpool", refuse)

@@ -60,7 +60,7 @@ class Liveness(BaseModel):
 
 
 # The dependencies only read app.state: async, because FastAPI runs a plain `def` one in its
-# thread pool, a hand-over to another thread and back for each, on every request.
+# threadpool, a hand-over to another thread and back for each, on every request.
 async def get_settings_dep(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict
 from {{ cookiecutter.project_slug }} import tracing
 from {{ cookiecutter.project_slug }}.handlers import ProcessImagePayload, process_image
 from {{ cookiecutter.project_slug }}.messages import TaskMessage
-from {{ cookiecutter.project_slug }}.tasks import TaskRegistry
+from {{ cookiecutter.project_slug }}.tasks import Reject, TaskRegistry
 
 from .helpers import Recorder
 
@@ -47,7 +47,8 @@ def recorder() -> Recorder:
 
 @pytest.fixture
 def registry(recorder: Recorder) -> TaskRegistry:
-    """The shipped example plus `record` (succeeds, optionally slowly) and `explode` (always raises)."""
+    """The shipped example plus `record` (succeeds, optionally slowly), `explode` (always raises)
+    and `refuse` (rejects the task: dead-lettered at once)."""
     registry = TaskRegistry()
     registry.task("process_image", ProcessImagePayload)(process_image)
 
@@ -72,6 +73,15 @@ def registry(recorder: Recorder) -> TaskRegistry:
 {%- endif %}
         recorder.start(message.id)
         raise RuntimeError("this handler always fails")
+
+    @registry.task("refuse", RecordPayload)
+{%- if is_async %}
+    async def refuse(payload: RecordPayload, message: TaskMessage) -> None:
+{%- else %}
+    def refuse(payload: RecordPayload, message: TaskMessage) -> None:
+{%- endif %}
+        recorder.start(message.id)
+        raise Reject("the image is gone for good")
 
     return registry
 

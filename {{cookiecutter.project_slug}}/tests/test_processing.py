@@ -73,6 +73,16 @@ def test_a_message_only_the_one_pass_validation_refuses_is_dead_lettered_unhandl
     assert recorder.started == []
 
 
+def test_a_task_its_handler_rejects_is_dead_lettered_at_once_with_the_reason(
+    processor: Processor, recorder: Recorder
+) -> None:
+    broker = InMemoryBroker()
+    broker.put_raw(body("refuse", {}, task_id="r-1"))
+    assert drain(broker, processor) == [Outcome.DEAD_LETTERED]
+    assert [reason for _, reason in broker.dead_letters] == ["rejected: the image is gone for good"]
+    assert recorder.started == ["r-1"]
+
+
 def test_unknown_fields_are_ignored(processor: Processor, recorder: Recorder) -> None:
     raw = json.dumps({"id": "x-1", "type": "record", "payload": {}, "priority": 5, "trace": {"a": 1}}).encode()
     assert process(processor, raw) is Outcome.SUCCEEDED

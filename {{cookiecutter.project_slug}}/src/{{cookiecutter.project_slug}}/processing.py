@@ -23,7 +23,7 @@ from . import tracing
 from .logs import LogContext, context_var
 from .messages import PUBLISHED_AT_HEADER, REQUEST_ID_HEADER, InvalidMessage, TaskMessage, decode
 from .metrics import HANDLER_DURATION, QUEUE_WAIT, TASKS_PROCESSED
-from .tasks import TaskRegistry, TaskType
+from .tasks import Reject, TaskRegistry, TaskType
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +116,10 @@ class Processor:
         try:
             task_type.handler(payload, message)
 {%- endif %}
+        except Reject as rejected:
+            tracing.record_error(rejected)
+            logger.warning("handler rejected the task, dead-lettering: %s", rejected.reason)
+            return Verdict(Outcome.DEAD_LETTERED, f"rejected: {rejected.reason}")
         except Exception as error:
             tracing.record_error(error)
             return self._failed(error, retries)

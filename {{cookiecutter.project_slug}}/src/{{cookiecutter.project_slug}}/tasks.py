@@ -23,6 +23,15 @@ Handler = Callable[[P, TaskMessage], None]
 {%- endif %}
 
 
+class Reject(Exception):
+    """Raised by a handler: dead-letter the message at once with `reason`, never retry it (a task
+    that can never succeed: a record that no longer exists, a request refused for good)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 @dataclass(frozen=True)
 class TaskType(Generic[P]):
     name: str

@@ -92,6 +92,18 @@ def test_a_failing_task_is_retried_then_dead_lettered_without_blocking_others(
     assert (result.lost, result.duplicates) == (0, 0)
 
 
+def test_a_task_its_handler_rejects_is_dead_lettered_at_once_with_the_reason(
+    settings: Settings, registry: TaskRegistry, recorder: Recorder, probe: Probe
+) -> None:
+    with running(settings, registry) as client:
+        wait_ready(client)
+        rejected = post(client, "refuse")
+        [dead] = probe.take(settings.dead_letter_queue, 1)
+        assert json.loads(dead.body)["id"] == rejected
+        assert recorder.started == [rejected]  # never retried
+        assert "rejected: the image is gone for good" in str(dead.headers)
+
+
 @pytest.mark.parametrize(
     "raw",
     [

@@ -23,6 +23,7 @@ BROKER_FILES = {
         "tests/integration/probes/rabbitmq",
         "tests/integration/test_rabbitmq.py",
         "tests/test_rabbitmq_acks.py",
+        "tests/test_rabbitmq_waits.py",
     ],
     "redis": [
         f"{PACKAGE}/brokers/redis",

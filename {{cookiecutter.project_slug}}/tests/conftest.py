@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict
 from {{ cookiecutter.project_slug }} import tracing
 from {{ cookiecutter.project_slug }}.handlers import ProcessImagePayload, process_image
 from {{ cookiecutter.project_slug }}.messages import TaskMessage
-from {{ cookiecutter.project_slug }}.tasks import Reject, TaskRegistry
+from {{ cookiecutter.project_slug }}.tasks import Reject, Retry, TaskRegistry
 
 from .helpers import Recorder
 
@@ -47,8 +47,9 @@ def recorder() -> Recorder:
 
 @pytest.fixture
 def registry(recorder: Recorder) -> TaskRegistry:
-    """The shipped example plus `record` (succeeds, optionally slowly), `explode` (always raises)
-    and `refuse` (rejects the task: dead-lettered at once)."""
+    """The shipped example plus `record` (succeeds, optionally slowly), `explode` (always raises),
+    `refuse` (rejects the task: dead-lettered at once) and `later` (asks for a retry in `seconds`
+    on its first attempt, then succeeds)."""
     registry = TaskRegistry()
     registry.task("process_image", ProcessImagePayload)(process_image)
 
@@ -82,6 +83,17 @@ def registry(recorder: Recorder) -> TaskRegistry:
 {%- endif %}
         recorder.start(message.id)
         raise Reject("the image is gone for good")
+
+    @registry.task("later", RecordPayload)
+{%- if is_async %}
+    async def later(payload: RecordPayload, message: TaskMessage) -> None:
+{%- else %}
+    def later(payload: RecordPayload, message: TaskMessage) -> None:
+{%- endif %}
+        recorder.start(message.id)
+        if recorder.started.count(message.id) == 1:
+            raise Retry(delay_seconds=payload.seconds, reason="come back later")
+        recorder.finish(message.id)
 
     return registry
 

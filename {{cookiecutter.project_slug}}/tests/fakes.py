@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from {{ cookiecutter.project_slug }}.brokers import BrokerUnavailable
 from {{ cookiecutter.project_slug }}.messages import TaskMessage, encode
-from {{ cookiecutter.project_slug }}.processing import Outcome, Processor
+from {{ cookiecutter.project_slug }}.processing import Outcome, Processor, Verdict
 
 
 @dataclass
@@ -95,10 +95,14 @@ class StubConsumer:
 
 def process(processor: Processor, body: bytes, retries: int = 0, headers: dict[str, str] | None = None) -> Outcome:
     """Run one message through the processor from a plain (synchronous) test."""
+    return verdict_of(processor, body, retries, headers).outcome
+
+
+def verdict_of(processor: Processor, body: bytes, retries: int = 0, headers: dict[str, str] | None = None) -> Verdict:
 {%- if is_async %}
-    return asyncio.run(processor.process(body, retries, headers)).outcome
+    return asyncio.run(processor.process(body, retries, headers))
 {%- else %}
-    return processor.process(body, retries, headers).outcome
+    return processor.process(body, retries, headers)
 {%- endif %}
 
 

@@ -4,6 +4,7 @@ and the links between spans."""
 from __future__ import annotations
 
 import threading
+import time
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanContext
@@ -15,12 +16,14 @@ class Recorder:
     def __init__(self) -> None:
         self._changed = threading.Condition()
         self.started: list[str] = []
+        self.started_at: list[float] = []  # time.monotonic() of each start, in the same order
         self.finished: list[str] = []
         self.most_at_once = 0  # the most handlers running at the same time
 
     def start(self, task_id: str) -> None:
         with self._changed:
             self.started.append(task_id)
+            self.started_at.append(time.monotonic())
             self.most_at_once = max(self.most_at_once, len(self.started) - len(self.finished))
             self._changed.notify_all()
 
@@ -32,6 +35,10 @@ class Recorder:
     def wait_started(self, count: int, timeout: float = 15.0) -> bool:
         with self._changed:
             return self._changed.wait_for(lambda: len(self.started) >= count, timeout)
+
+    def starts_of(self, task_id: str) -> list[float]:
+        with self._changed:
+            return [at for started, at in zip(self.started, self.started_at, strict=True) if started == task_id]
 
     def wait_finished(self, count: int, timeout: float = 15.0) -> bool:
         with self._changed:

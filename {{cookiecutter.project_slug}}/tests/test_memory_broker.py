@@ -7,11 +7,14 @@ import logging
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 from fastapi.testclient import TestClient
 
 from {{ cookiecutter.project_slug }}.app import create_app
+from {{ cookiecutter.project_slug }}.brokers.base import Delivery
+from {{ cookiecutter.project_slug }}.brokers.memory import MemoryQueue
 from {{ cookiecutter.project_slug }}.settings import Settings
 from {{ cookiecutter.project_slug }}.tasks import TaskRegistry
 
@@ -21,7 +24,9 @@ WORKER = "{{ cookiecutter.project_slug }}.worker"
 
 
 def memory_settings(queue: str) -> Settings:
-    return Settings(broker_url="memory://", queue_name=queue, max_retries=1, shutdown_timeout_seconds=5)
+    return Settings(
+        broker_url="memory://", queue_name=queue, max_retries=1, retry_delay_seconds=0.05, shutdown_timeout_seconds=5
+    )
 
 
 def test_tasks_are_processed_in_process_and_ready_says_memory(
@@ -54,3 +59,13 @@ def test_the_worker_alone_refuses_it_in_one_line() -> None:
     assert worker.stderr.count("\n") == 1, worker.stderr
     assert "memory://" in worker.stderr
     assert "point BROKER_URL at the broker" in worker.stderr
+
+
+def test_a_retry_in_memory_comes_back_once_its_wait_is_over() -> None:
+    queue = MemoryQueue()
+    queue.put(Delivery(b"later", {}, 1, None), delay_seconds=0.3)
+    queue.put(Delivery(b"now", {}, 0, None))
+    started = time.monotonic()
+    assert [delivery.body for delivery in queue.take(10, 0)] == [b"now"]
+    assert [delivery.body for delivery in queue.take(10, 5)] == [b"later"]
+    assert 0.3 <= time.monotonic() - started < 2

@@ -10,10 +10,10 @@ from prometheus_client import REGISTRY
 from pydantic import BaseModel
 
 from {{ cookiecutter.project_slug }}.messages import TaskMessage, encode
-from {{ cookiecutter.project_slug }}.processing import Outcome, Processor
-from {{ cookiecutter.project_slug }}.tasks import TaskRegistry
+from {{ cookiecutter.project_slug }}.processing import RETRY_JITTER, Outcome, Processor, RetryDelays
+from {{ cookiecutter.project_slug }}.tasks import MAX_RETRY_DELAY_SECONDS, Retry, TaskRegistry
 
-from .fakes import InMemoryBroker, drain, process
+from .fakes import InMemoryBroker, drain, process, verdict_of
 from .helpers import Recorder
 
 MAX_RETRIES = 3
@@ -81,6 +81,30 @@ def test_a_task_its_handler_rejects_is_dead_lettered_at_once_with_the_reason(
     assert drain(broker, processor) == [Outcome.DEAD_LETTERED]
     assert [reason for _, reason in broker.dead_letters] == ["rejected: the image is gone for good"]
     assert recorder.started == ["r-1"]
+
+
+def near(value: float, nominal: float) -> bool:
+    return nominal * (1 - RETRY_JITTER) <= value <= nominal * (1 + RETRY_JITTER)
+
+
+def test_each_retry_waits_twice_as_long_as_the_one_before_up_to_the_longest(registry: TaskRegistry) -> None:
+    processor = Processor(registry, max_retries=5, delays=RetryDelays(first=0.5, longest=3.0))
+    delays = [verdict_of(processor, body("explode", {}), retries).delay_seconds for retries in range(5)]
+    assert all(map(near, delays, [0.5, 1.0, 2.0, 3.0, 3.0])), delays
+
+
+def test_a_handler_asking_for_a_retry_gets_that_wait_and_spends_a_retry(processor: Processor) -> None:
+    asked = verdict_of(processor, body("later", {"seconds": 7}, task_id="l-1"))
+    assert (asked.outcome, asked.delay_seconds, asked.reason) == (Outcome.RETRIED, 7.0, "come back later")
+    spent = verdict_of(processor, body("later", {"seconds": 7}, task_id="l-2"), retries=MAX_RETRIES)
+    assert spent.outcome is Outcome.DEAD_LETTERED
+    assert spent.reason == f"failed after {MAX_RETRIES} retries: come back later"
+
+
+@pytest.mark.parametrize("delay", [-1.0, MAX_RETRY_DELAY_SECONDS + 1, float("nan"), float("inf")])
+def test_a_retry_cannot_ask_for_a_wait_out_of_range(delay: float) -> None:
+    with pytest.raises(ValueError, match="delay_seconds must be from 0 to 86400"):
+        Retry(delay_seconds=delay)
 
 
 def test_unknown_fields_are_ignored(processor: Processor, recorder: Recorder) -> None:

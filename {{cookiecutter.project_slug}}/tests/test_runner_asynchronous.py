@@ -14,12 +14,14 @@ from prometheus_client import REGISTRY
 
 from {{ cookiecutter.project_slug }}.brokers.base import Delivery
 from {{ cookiecutter.project_slug }}.messages import TaskMessage, encode
-from {{ cookiecutter.project_slug }}.processing import Processor
+from {{ cookiecutter.project_slug }}.processing import Processor, RetryDelays
 from {{ cookiecutter.project_slug }}.runner_asynchronous import Acknowledger, InHand, Runner, Settling
 from {{ cookiecutter.project_slug }}.settings import Settings
 from {{ cookiecutter.project_slug }}.tasks import TaskRegistry
 
 from .helpers import Recorder
+
+QUICK_RETRIES = RetryDelays(first=0.05)  # retries in place come back at once, near enough
 
 
 class Lost(Exception):
@@ -69,7 +71,7 @@ class FakeTransport:
         self.acked += [delivery.body for delivery in deliveries]
         self._in_hand -= len(deliveries)
 
-    async def retry(self, delivery: Delivery) -> None:
+    async def retry(self, delivery: Delivery, delay_seconds: float) -> None:
         self.retried.append((delivery.body, delivery.retries))
         self._in_hand -= 1
 
@@ -91,7 +93,8 @@ def running(
     """Run a runner on the transport until `until` holds (or the deadline), then stop it."""
 
     async def main() -> Runner:
-        runner = Runner(transport, Processor(registry, 2), Settings(max_retries=2, shutdown_timeout_seconds=5))
+        settings = Settings(max_retries=2, shutdown_timeout_seconds=5)
+        runner = Runner(transport, Processor(registry, 2, QUICK_RETRIES), settings)
         await runner.start()
         deadline = time.monotonic() + timeout
         while not until() and time.monotonic() < deadline:  # noqa: ASYNC110 - polling a plain condition, with a deadline
@@ -261,7 +264,7 @@ def test_a_message_stays_in_hand_until_it_is_acknowledged(registry: TaskRegistry
     transport = HeldAcks([task("record", f"t-{n}") for n in range(6)])
 
     async def main() -> int:
-        runner = Runner(transport, Processor(registry, 2), Settings(shutdown_timeout_seconds=5))
+        runner = Runner(transport, Processor(registry, 2, QUICK_RETRIES), Settings(shutdown_timeout_seconds=5))
         await runner.start()
         deadline = time.monotonic() + 5
         while transport.asked == 0 and time.monotonic() < deadline:  # noqa: ASYNC110 - a plain condition, with a deadline

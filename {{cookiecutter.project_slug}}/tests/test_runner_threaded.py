@@ -18,12 +18,14 @@ from pydantic import BaseModel
 
 from {{ cookiecutter.project_slug }}.brokers.base import Delivery
 from {{ cookiecutter.project_slug }}.messages import TaskMessage, encode
-from {{ cookiecutter.project_slug }}.processing import Outcome, Processor, Verdict
+from {{ cookiecutter.project_slug }}.processing import Outcome, Processor, RetryDelays, Verdict
 from {{ cookiecutter.project_slug }}.runner_threaded import InHand, Runner
 from {{ cookiecutter.project_slug }}.settings import Settings
 from {{ cookiecutter.project_slug }}.tasks import TaskRegistry
 
 from .helpers import Recorder
+
+QUICK_RETRIES = RetryDelays(first=0.05)  # retries in place come back at once, near enough
 
 
 class Lost(Exception):
@@ -85,7 +87,7 @@ class FakeTransport:
             self.acked.append(delivery.body)
             self._settled()
 
-    def retry(self, delivery: Delivery) -> None:
+    def retry(self, delivery: Delivery, delay_seconds: float) -> None:
         self.retried.append((delivery.body, delivery.retries))
         self._settled()
 
@@ -111,7 +113,7 @@ def run(registry: TaskRegistry) -> Iterator[Callable[[FakeTransport], Runner]]:
     runners: list[Runner] = []
 
     def start(transport: FakeTransport) -> Runner:
-        runner = Runner(transport, Processor(registry, 2), settings())
+        runner = Runner(transport, Processor(registry, 2, QUICK_RETRIES), settings())
         asyncio.run(runner.start())
         runners.append(runner)
         return runner
@@ -196,7 +198,7 @@ def test_stopping_finishes_what_runs_and_says_so(
 ) -> None:
     caplog.set_level(logging.INFO)
     transport = FakeTransport([task("record", f"slow-{n}", 0.3) for n in range(4)], capacity=4)
-    runner = Runner(transport, Processor(registry, 2), settings())
+    runner = Runner(transport, Processor(registry, 2, QUICK_RETRIES), settings())
     asyncio.run(runner.start())
     assert recorder.wait_started(4)
     asyncio.run(runner.stop())
@@ -269,7 +271,7 @@ def where_handlers_run(registry: TaskRegistry, transport: FakeTransport, threads
     def where(payload: NoPayload, message: TaskMessage) -> None:
         ran_in.add(threading.current_thread().name)
 
-    runner = Runner(transport, Processor(registry, 2), settings(handler_threads=threads))
+    runner = Runner(transport, Processor(registry, 2, QUICK_RETRIES), settings(handler_threads=threads))
     asyncio.run(runner.start())
     try:
         assert eventually(lambda: len(transport.acked) == 5)

@@ -12,7 +12,7 @@ from .api import router
 from .brokers import Consumer, Publisher
 from .brokers.factory import make_consumer, make_publisher
 from .middleware import BodySizeLimit, RequestId
-from .processing import Processor
+from .processing import processor_for
 from .settings import Settings
 from .tasks import TaskRegistry
 
@@ -33,7 +33,7 @@ def create_app(
         app.state.publisher = publisher or make_publisher(settings)
         app.state.consumer = consumer
         if consumer is None and settings.consumer_enabled:
-            app.state.consumer = make_consumer(settings, Processor(registry, settings.max_retries))
+            app.state.consumer = make_consumer(settings, processor_for(settings, registry))
         await app.state.publisher.start()
         if app.state.consumer is not None:
             await app.state.consumer.start()

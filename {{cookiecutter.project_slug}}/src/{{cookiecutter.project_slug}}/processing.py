@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Histogram
 from pydantic import BaseModel, ValidationError
@@ -23,7 +24,10 @@ from . import tracing
 from .logs import LogContext, context_var
 from .messages import PUBLISHED_AT_HEADER, REQUEST_ID_HEADER, InvalidMessage, TaskMessage, decode
 from .metrics import HANDLER_DURATION, QUEUE_WAIT, TASKS_PROCESSED
-from .tasks import Reject, TaskRegistry, TaskType
+from .tasks import Reject, Retry, TaskRegistry, TaskType
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -38,21 +42,41 @@ class Outcome(StrEnum):
 PROCESSED = {outcome: TASKS_PROCESSED.labels(outcome=outcome.value) for outcome in Outcome}
 
 
+RETRY_JITTER = 0.05  # each wait is within ±5 % of its nominal value (brokers that round add theirs)
+
+
 @dataclass(frozen=True)
 class Verdict:
-    """What the broker module must do with the message: ack it, or republish it then ack it."""
+    """What the broker must do with the message: ack it, retry it after `delay_seconds`, or
+    dead-letter it with `reason`."""
 
     outcome: Outcome
     reason: str = ""
+    delay_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class RetryDelays:
+    """The wait before each retry: `first`, doubled for each next one, never over `longest`, with
+    a jitter so that messages that failed together do not all come back at once."""
+
+    first: float = 1.0
+    longest: float = 300.0
+
+    def before(self, retry: int) -> float:
+        """Seconds before retry number `retry` (1, 2, ...)."""
+        nominal = min(self.longest, self.first * 2.0 ** (retry - 1))
+        return nominal * random.uniform(1 - RETRY_JITTER, 1 + RETRY_JITTER)
 
 
 SUCCEEDED = Verdict(Outcome.SUCCEEDED)  # one for all: most verdicts are this one
 
 
 class Processor:
-    def __init__(self, registry: TaskRegistry, max_retries: int) -> None:
+    def __init__(self, registry: TaskRegistry, max_retries: int, delays: RetryDelays | None = None) -> None:
         self.registry = registry
         self.max_retries = max_retries
+        self.delays = delays or RetryDelays()
         self._durations: dict[tuple[str, Outcome], Histogram] = {}  # children by task type and outcome
 {%- if is_async %}
 
@@ -116,23 +140,27 @@ class Processor:
         try:
             task_type.handler(payload, message)
 {%- endif %}
+        except Retry as asked:
+            tracing.record_error(asked)
+            return self._retry("handler asked for a retry", asked.reason, retries, asked.delay_seconds, None)
         except Reject as rejected:
             tracing.record_error(rejected)
             logger.warning("handler rejected the task, dead-lettering: %s", rejected.reason)
             return Verdict(Outcome.DEAD_LETTERED, f"rejected: {rejected.reason}")
         except Exception as error:
             tracing.record_error(error)
-            return self._failed(error, retries)
+            reason = f"{type(error).__name__}: {error}"
+            return self._retry("handler failed", reason, retries, self.delays.before(retries + 1), error)
         # DEBUG: at thousands a second, success is for metrics and traces; failures are logged.
         logger.debug("task %s succeeded (attempt %d)", message.type, retries + 1)
         return SUCCEEDED
 
-    def _failed(self, error: Exception, retries: int) -> Verdict:
-        reason = f"{type(error).__name__}: {error}"
+    def _retry(self, what: str, reason: str, retries: int, delay: float, error: Exception | None) -> Verdict:
+        """Retry after `delay` seconds, or dead-letter once MAX_RETRIES are spent."""
         if retries < self.max_retries:
-            logger.warning("handler failed, retry %d of %d: %s", retries + 1, self.max_retries, reason)
-            return Verdict(Outcome.RETRIED, reason)
-        logger.error("handler failed after %d retries, dead-lettering: %s", retries, reason, exc_info=error)
+            logger.warning("%s, retry %d of %d in %.1f s: %s", what, retries + 1, self.max_retries, delay, reason)
+            return Verdict(Outcome.RETRIED, reason, delay)
+        logger.error("%s after %d retries, dead-lettering: %s", what, retries, reason, exc_info=error)
         return Verdict(Outcome.DEAD_LETTERED, f"failed after {retries} retries: {reason}")
 
     def _refuse(self, body: bytes, retries: int, headers: Mapping[str, str]) -> Verdict:
@@ -165,6 +193,12 @@ class Processor:
         if child is None:  # once per task type and outcome: task types are the registry's, so few
             child = self._durations[task_type, outcome] = HANDLER_DURATION.labels(type=task_type, outcome=outcome.value)
         return child
+
+
+def processor_for(settings: Settings, registry: TaskRegistry) -> Processor:
+    """The Processor configured as the settings say."""
+    delays = RetryDelays(settings.retry_delay_seconds, settings.retry_delay_max_seconds)
+    return Processor(registry, settings.max_retries, delays)
 
 
 def log_fields(message: TaskMessage, retries: int, headers: Mapping[str, str]) -> LogContext:

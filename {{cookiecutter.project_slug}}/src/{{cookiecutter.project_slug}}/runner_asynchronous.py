@@ -18,7 +18,7 @@ from .brokers.base import Backoff, Delivery
 from .metrics import TASKS_IN_HAND
 from .processing import Outcome, Processor
 from .runner_base import OutageLog, describe, log_stopped, refill_size
-from .settlement import retry_pause, settlement
+from .settlement import in_place_wait, settlement
 
 if TYPE_CHECKING:
     from .settings import Settings
@@ -53,8 +53,9 @@ class Transport(Protocol):
 
     async def ack(self, deliveries: Sequence[Delivery]) -> None: ...
 
-    async def retry(self, delivery: Delivery) -> None:
-        """Have the broker deliver it again with one retry more; settles the original."""
+    async def retry(self, delivery: Delivery, delay_seconds: float) -> None:
+        """Have the broker hold it for `delay_seconds`, then deliver it again with one retry more;
+        settles the original."""
 
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
         """Move it to the dead letters with the reason; settles the original."""
@@ -181,7 +182,7 @@ class Runner:
             verdict = await self._processor.process(delivery.body, delivery.retries, delivery.headers)
             if verdict.outcome is not Outcome.RETRIED or not self._transport.retry_in_place:
                 break
-            if await sleep_unless_stopping(self._stopping, retry_pause(delivery.retries + 1)):
+            if await sleep_unless_stopping(self._stopping, in_place_wait(verdict)):
                 return Settling.LEFT
             delivery = dataclasses.replace(delivery, retries=delivery.retries + 1)
         plan = settlement([(delivery, verdict)])
@@ -189,8 +190,8 @@ class Runner:
             acks.add(delivery)
             return Settling.ACKING
         try:
-            for retried in plan.retries:
-                await self._transport.retry(retried)
+            for retried, delay in plan.retries:
+                await self._transport.retry(retried, delay)
             for dead, reason in plan.dead_letters:
                 await self._transport.dead_letter(dead, reason)
         except self._transport.errors as error:

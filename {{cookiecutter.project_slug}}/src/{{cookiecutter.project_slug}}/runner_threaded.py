@@ -19,7 +19,7 @@ from .brokers.base import Backoff, Delivery
 from .metrics import TASKS_IN_HAND
 from .processing import Outcome, Processor, Verdict
 from .runner_base import OutageLog, log_stopped, refill_size
-from .settlement import retry_pause, settlement
+from .settlement import in_place_wait, settlement
 
 if TYPE_CHECKING:
     from .settings import Settings
@@ -58,8 +58,9 @@ class Transport(Protocol):
 
     def ack(self, deliveries: Sequence[Delivery]) -> None: ...
 
-    def retry(self, delivery: Delivery) -> None:
-        """Have the broker deliver it again with one retry more; settles the original."""
+    def retry(self, delivery: Delivery, delay_seconds: float) -> None:
+        """Have the broker hold it for `delay_seconds`, then deliver it again with one retry more;
+        settles the original."""
 
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         """Move it to the dead letters with the reason; settles the original."""
@@ -163,8 +164,8 @@ class Runner:
         if not finished:
             return
         plan = settlement(finished)
-        for delivery in plan.retries:
-            self._transport.retry(delivery)
+        for delivery, delay in plan.retries:
+            self._transport.retry(delivery, delay)
         for delivery, reason in plan.dead_letters:
             self._transport.dead_letter(delivery, reason)
         self._transport.ack(plan.acks)
@@ -175,7 +176,7 @@ class Runner:
             verdict = self._processor.process(delivery.body, delivery.retries, delivery.headers)
             if verdict.outcome is not Outcome.RETRIED or not self._transport.retry_in_place:
                 return delivery, verdict
-            if self._stopping.wait(retry_pause(delivery.retries + 1)):
+            if self._stopping.wait(in_place_wait(verdict)):
                 return None
             delivery = dataclasses.replace(delivery, retries=delivery.retries + 1)
 

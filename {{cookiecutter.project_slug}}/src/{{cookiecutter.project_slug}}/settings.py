@@ -22,6 +22,10 @@ class Settings(BrokerSettings):
     queue_name: str = Field("tasks", min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:-]+$")
     consumer_enabled: bool = Field(True, description="Whether the API process also consumes.")
     max_retries: int = Field(3, ge=0, description="Retries of a failing message before it is dead-lettered.")
+    retry_delay_seconds: float = Field(1.0, ge=0, le=86_400, description="The wait before a first retry.")
+    retry_delay_max_seconds: float = Field(
+        300.0, ge=0, le=86_400, description="The longest wait between two attempts; each next one waits twice as long."
+    )
     prefetch_count: int = Field(100, ge=1, le=65535, description="Messages a consumer holds unacknowledged.")
 {%- if cookiecutter.consumer == "threaded" %}
     handler_threads: int = Field(8, ge=1, le=256, description="Threads that run handlers in one consumer.")

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from .brokers.base import Delivery
 from .processing import Outcome, Verdict
 
-RETRY_PAUSE_SECONDS = 0.2  # before the first retry in place; doubled for each next one
-RETRY_PAUSE_MAX_SECONDS = 5.0
+# A retry in place holds its lane (a Kafka partition) and the consumer's poll: never longer than this.
+IN_PLACE_WAIT_MAX_SECONDS = 60.0
 
 
 @dataclass
@@ -19,7 +19,7 @@ class Settlement:
     by the broker before its original is settled, and an acknowledgement can then never pass a
     message that failed before it."""
 
-    retries: list[Delivery] = field(default_factory=list)
+    retries: list[tuple[Delivery, float]] = field(default_factory=list)  # with the seconds to wait
     dead_letters: list[tuple[Delivery, str]] = field(default_factory=list)
     acks: list[Delivery] = field(default_factory=list)
 
@@ -28,7 +28,7 @@ def settlement(finished: Iterable[tuple[Delivery, Verdict]]) -> Settlement:
     plan = Settlement()
     for delivery, verdict in finished:
         if verdict.outcome is Outcome.RETRIED:
-            plan.retries.append(delivery)
+            plan.retries.append((delivery, verdict.delay_seconds))
         elif verdict.outcome is Outcome.DEAD_LETTERED:
             plan.dead_letters.append((delivery, verdict.reason))
         else:
@@ -36,6 +36,6 @@ def settlement(finished: Iterable[tuple[Delivery, Verdict]]) -> Settlement:
     return plan
 
 
-def retry_pause(retry: int) -> float:
-    """Seconds before retry number `retry` (1, 2, ...) of a message retried in place."""
-    return float(min(RETRY_PAUSE_MAX_SECONDS, RETRY_PAUSE_SECONDS * 2 ** (retry - 1)))
+def in_place_wait(verdict: Verdict) -> float:
+    """Seconds to wait before retrying in place, in the lane: the verdict's, within bounds."""
+    return min(IN_PLACE_WAIT_MAX_SECONDS, verdict.delay_seconds)

@@ -23,6 +23,22 @@ Handler = Callable[[P, TaskMessage], None]
 {%- endif %}
 
 
+MAX_RETRY_DELAY_SECONDS = 86_400.0  # the longest wait a handler may ask for: a day
+
+
+class Retry(Exception):
+    """Raised by a handler: retry the message after `delay_seconds` (a service says when it is back,
+    a rate limit resets). It counts as one of the MAX_RETRIES; once they are spent, the message is
+    dead-lettered."""
+
+    def __init__(self, delay_seconds: float, reason: str = "") -> None:
+        if not 0 <= delay_seconds <= MAX_RETRY_DELAY_SECONDS:
+            raise ValueError(f"delay_seconds must be from 0 to {MAX_RETRY_DELAY_SECONDS:g}, not {delay_seconds!r}")
+        super().__init__(reason or f"retry asked for in {delay_seconds:g} s")
+        self.delay_seconds = float(delay_seconds)
+        self.reason = reason or "the handler asked for a retry"
+
+
 class Reject(Exception):
     """Raised by a handler: dead-letter the message at once with `reason`, never retry it (a task
     that can never succeed: a record that no longer exists, a request refused for good)."""

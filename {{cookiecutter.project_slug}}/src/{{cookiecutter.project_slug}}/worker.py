@@ -11,7 +11,7 @@ from . import handlers
 from .brokers.factory import CLIENT_LOGGERS, make_consumer
 from .brokers.memory import is_memory
 from .logs import configure_logging
-from .processing import Processor
+from .processing import processor_for
 from .settings import Settings, get_settings
 from .tracing import configure_tracing
 from .worker_http import serve
@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 async def run(settings: Settings) -> None:
     """Consume until SIGTERM or SIGINT, then drain the messages in hand and disconnect."""
-    consumer = make_consumer(settings, Processor(handlers.registry, settings.max_retries))
+    consumer = make_consumer(settings, processor_for(settings, handlers.registry))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -10,7 +10,7 @@ import pytest
 
 from {{ cookiecutter.project_slug }}.settings import DEFAULT_BROKER_URL, Settings
 
-from .probes import START_HINT, TEST_SETTINGS, Probe, make_proxy
+from .probes import START_HINT, TEST_SETTINGS, Probe, make_proxy, waiting_places
 from .tally import RESULTS, table
 from .tcp_proxy import TcpProxy
 
@@ -54,12 +54,12 @@ def settings(broker_url: str, probe: Probe) -> Iterator[Settings]:
         broker_url=broker_url,
         queue_name=f"test-{uuid.uuid4().hex[:12]}",
         max_retries=2,
+        retry_delay_seconds=0.1,  # retries come back soon: 0.1, then 0.2 s
         prefetch_count=10,
         shutdown_timeout_seconds=5,
     ).model_copy(update=TEST_SETTINGS)
     yield settings
-    for queue in (settings.queue_name, settings.dead_letter_queue):
-        probe.delete(queue)
+    probe.delete(settings.queue_name, settings.dead_letter_queue, *waiting_places(settings))
 
 
 @pytest.fixture

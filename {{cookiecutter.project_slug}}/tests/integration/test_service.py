@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import time
@@ -90,6 +91,60 @@ def test_a_failing_task_is_retried_then_dead_lettered_without_blocking_others(
     # Settled means handled, or dead-lettered once its retries ran out.
     result = tally("5 handler always fails", [bad, good], [*recorder.finished, json.loads(dead.body)["id"]])
     assert (result.lost, result.duplicates) == (0, 0)
+
+
+def within_tolerance(gap: float, nominal: float) -> bool:
+    """The contract's tolerance for a retry's wait: from 0.8 x to 1.2 x + 1 s of the nominal one."""
+    return 0.8 * nominal <= gap <= 1.2 * nominal + 1.0
+
+
+def gaps(starts: list[float]) -> list[float]:
+    return [later - earlier for earlier, later in itertools.pairwise(starts)]
+
+
+def test_the_attempts_of_a_failing_task_are_spaced_by_the_backoff(
+    settings: Settings, registry: TaskRegistry, recorder: Recorder, probe: Probe
+) -> None:
+    settings = settings.model_copy(update={"max_retries": 3, "retry_delay_seconds": 0.5})
+    with running(settings, registry) as client:
+        wait_ready(client)
+        bad = post(client, "explode")
+        [dead] = probe.take(settings.dead_letter_queue, 1, timeout=30)
+        assert json.loads(dead.body)["id"] == bad
+    spacing = gaps(recorder.starts_of(bad))
+    assert len(spacing) == 3, spacing
+    nominal = [0.5, 1.0, 2.0]  # 0.5 s, doubled for each next retry
+    assert all(within_tolerance(gap, d) for gap, d in zip(spacing, nominal, strict=True)), spacing
+
+
+def test_a_retry_the_handler_asks_for_waits_as_long_as_asked(
+    settings: Settings, registry: TaskRegistry, recorder: Recorder
+) -> None:
+    with running(settings, registry) as client:
+        wait_ready(client)
+        task = post(client, "later", seconds=2)
+        assert recorder.wait_finished(1, timeout=30)
+    [first, second] = recorder.starts_of(task)
+    assert within_tolerance(second - first, 2.0), second - first
+{%- if cookiecutter.broker != "kafka" %}
+
+
+def test_a_retry_waiting_holds_back_no_message_behind_it(
+    settings: Settings, registry: TaskRegistry, recorder: Recorder
+) -> None:
+    settings = settings.model_copy(update={"retry_delay_seconds": 3.0})
+    with running(settings, registry) as client:
+        wait_ready(client)
+        bad = post(client, "explode")
+        assert recorder.wait_started(1)
+        sent = time.monotonic()
+        good = post(client, "record")
+        assert recorder.wait_finished(1)
+        took = time.monotonic() - sent
+        assert recorder.finished == [good]
+        assert recorder.started.count(bad) == 1, "the failing task came back before its wait was over"
+        assert took < 2.0, f"a healthy task behind a waiting retry took {took:.1f} s"
+{%- endif %}
 
 
 def test_a_task_its_handler_rejects_is_dead_lettered_at_once_with_the_reason(

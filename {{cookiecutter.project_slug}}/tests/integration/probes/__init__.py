@@ -14,6 +14,7 @@ from .{{ cookiecutter.broker }} import (
     ready_to_share,
     shares_settled,
     slow_handler_seconds,
+    waiting_places,
 )
 
 __all__ = [
@@ -27,4 +28,5 @@ __all__ = [
     "ready_to_share",
     "shares_settled",
     "slow_handler_seconds",
+    "waiting_places",
 ]

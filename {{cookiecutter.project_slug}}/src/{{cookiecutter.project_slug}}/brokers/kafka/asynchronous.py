@@ -242,7 +242,7 @@ class BrokerTransport(PartitionedTransport):
         async with self._committing:
             await self._commit(self._ledger.due())
 
-    async def retry(self, delivery: Delivery) -> None:
+    async def retry(self, delivery: Delivery, delay_seconds: float) -> None:
         raise NotImplementedError("Kafka retries in place: the runner never asks the broker to")
 
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:

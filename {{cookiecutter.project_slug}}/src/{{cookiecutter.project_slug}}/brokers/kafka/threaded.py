@@ -145,7 +145,7 @@ class BrokerTransport(PartitionedTransport):
             self._ledger.settled(partition_of(delivery), delivery.handle.offset())
         self._commit_in_background(at_once=self._ledger.unsent() >= self._commit_batch)
 
-    def retry(self, delivery: Delivery) -> None:
+    def retry(self, delivery: Delivery, delay_seconds: float) -> None:
         raise NotImplementedError("Kafka retries in place: the runner never asks the broker to")
 
     def dead_letter(self, delivery: Delivery, reason: str) -> None:

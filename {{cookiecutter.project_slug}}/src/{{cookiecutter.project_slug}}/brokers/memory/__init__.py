@@ -5,8 +5,11 @@ process) cannot use it. The publisher and the consumer of one process share one 
 from __future__ import annotations
 
 import collections
+import heapq
+import itertools
 import logging
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -26,22 +29,35 @@ def is_memory(settings: Settings) -> bool:
 
 
 class MemoryQueue:
-    """Deliveries waiting, and dead letters, guarded for the API's loop and a consumer's thread alike."""
+    """Deliveries waiting (now, or until they are due), and dead letters, guarded for the API's
+    loop and a consumer's thread alike."""
 
     def __init__(self) -> None:
         self._changed = threading.Condition()
         self._waiting: collections.deque[Delivery] = collections.deque()
+        self._delayed: list[tuple[float, int, Delivery]] = []  # a heap of (due, order, delivery)
+        self._order = itertools.count()
         self.dead_letters: list[tuple[Delivery, str]] = []
 
-    def put(self, delivery: Delivery) -> None:
+    def put(self, delivery: Delivery, delay_seconds: float = 0.0) -> None:
         with self._changed:
-            self._waiting.append(delivery)
+            if delay_seconds > 0:
+                heapq.heappush(self._delayed, (time.monotonic() + delay_seconds, next(self._order), delivery))
+            else:
+                self._waiting.append(delivery)
             self._changed.notify()
 
     def take(self, max_count: int, wait_seconds: float) -> list[Delivery]:
+        deadline = time.monotonic() + wait_seconds
         with self._changed:
-            self._changed.wait_for(lambda: bool(self._waiting), wait_seconds)
-            return [self._waiting.popleft() for _ in range(min(max_count, len(self._waiting)))]
+            while True:
+                now = time.monotonic()
+                while self._delayed and self._delayed[0][0] <= now:
+                    self._waiting.append(heapq.heappop(self._delayed)[2])
+                left = deadline - now
+                if self._waiting or left <= 0:
+                    return [self._waiting.popleft() for _ in range(min(max_count, len(self._waiting)))]
+                self._changed.wait(min(left, self._delayed[0][0] - now) if self._delayed else left)
 
 
 _queues: dict[str, MemoryQueue] = {}
@@ -77,8 +93,8 @@ class MemoryPublisher:
 
 
 class MemoryTransport:
-    """The consumer's side of the in-memory queue. A retry goes to the back of the queue; a dead
-    letter is kept in memory (and logged by the processor)."""
+    """The consumer's side of the in-memory queue. A retry waits in memory, then goes to the back
+    of the queue; a dead letter is kept in memory (and logged by the processor)."""
 
     errors: tuple[type[BaseException], ...] = ()
     retry_in_place = False
@@ -104,8 +120,8 @@ class MemoryTransport:
     def ack(self, deliveries: Sequence[Delivery]) -> None:
         """Taken off the queue already."""
 
-    def retry(self, delivery: Delivery) -> None:
-        self._queue.put(Delivery(delivery.body, delivery.headers, delivery.retries + 1, None))
+    def retry(self, delivery: Delivery, delay_seconds: float) -> None:
+        self._queue.put(Delivery(delivery.body, delivery.headers, delivery.retries + 1, None), delay_seconds)
 
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         self._queue.dead_letters.append((delivery, reason))

@@ -33,8 +33,8 @@ class BrokerTransport:
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
         self._transport.ack(deliveries)
 
-    async def retry(self, delivery: Delivery) -> None:
-        self._transport.retry(delivery)
+    async def retry(self, delivery: Delivery, delay_seconds: float) -> None:
+        self._transport.retry(delivery, delay_seconds)
 
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
         self._transport.dead_letter(delivery, reason)

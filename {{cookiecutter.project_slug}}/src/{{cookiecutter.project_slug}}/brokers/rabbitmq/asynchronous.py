@@ -17,7 +17,16 @@ from aio_pika.exceptions import CONNECTION_EXCEPTIONS, AMQPConnectionError, Deli
 from ...messages import CONTENT_TYPE, TaskMessage, encode
 from ...runner_asynchronous import connect_in_background
 from ..base import BrokerUnavailable, Delivery, text_headers
-from .topology import copied_properties, dead_letter_headers, queue_arguments, retried_headers, retries_of
+from .topology import (
+    copied_properties,
+    dead_letter_headers,
+    queue_arguments,
+    retried_headers,
+    retries_of,
+    wait_queue,
+    wait_queue_arguments,
+    wait_tier_ms,
+)
 
 if TYPE_CHECKING:
     from ...settings import Settings
@@ -149,9 +158,11 @@ class BrokerTransport:
         self._consumer_tag: str | None = None
         # Delivered, not yet fetched; None: the connection closed.
         self._received: asyncio.Queue[AbstractIncomingMessage | None] = asyncio.Queue()
+        self._wait_queues: set[str] = set()  # declared on this connection
 
     async def open(self) -> str:
         self._received = asyncio.Queue()
+        self._wait_queues.clear()
         self._connection = await aio_pika.connect(
             self._settings.broker_url,
             heartbeat=self._settings.heartbeat_seconds,
@@ -198,9 +209,23 @@ class BrokerTransport:
         """All at once: each waits for the connection's writer, and one after another they would wait in turn."""
         await asyncio.gather(*(delivery.handle.ack() for delivery in deliveries))
 
-    async def retry(self, delivery: Delivery) -> None:
+    async def retry(self, delivery: Delivery, delay_seconds: float) -> None:
         headers = retried_headers(delivery.handle.headers, delivery.retries)
-        await self._republish(self._settings.queue_name, delivery, headers)
+        await self._republish(await self._wait_queue(delay_seconds), delivery, headers)
+
+    async def _wait_queue(self, delay_seconds: float) -> str:
+        """Where a retry waits `delay_seconds`, declared on first use (the task queue: no wait)."""
+        ttl_ms = wait_tier_ms(delay_seconds)
+        if ttl_ms is None:
+            return self._settings.queue_name
+        name = wait_queue(self._settings, ttl_ms)
+        if name not in self._wait_queues:
+            if self._channel is None:
+                raise AMQPConnectionError("the consumer's channel is closed")
+            arguments = wait_queue_arguments(self._settings, ttl_ms)
+            await self._channel.declare_queue(name, durable=True, arguments=arguments)
+            self._wait_queues.add(name)
+        return name
 
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
         headers = dead_letter_headers(delivery.handle.headers, reason)

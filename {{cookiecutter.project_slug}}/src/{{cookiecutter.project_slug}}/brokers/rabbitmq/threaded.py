@@ -27,7 +27,16 @@ from ...messages import CONTENT_TYPE, TaskMessage, encode
 from ...runner_threaded import keep_connected
 from ..base import BrokerUnavailable, Delivery, text_headers
 from .acks import AckWindow
-from .topology import copied_properties, dead_letter_headers, queue_arguments, retried_headers, retries_of
+from .topology import (
+    copied_properties,
+    dead_letter_headers,
+    queue_arguments,
+    retried_headers,
+    retries_of,
+    wait_queue,
+    wait_queue_arguments,
+    wait_tier_ms,
+)
 
 if TYPE_CHECKING:
     from ...settings import Settings
@@ -310,10 +319,12 @@ class BrokerTransport:
         self._consumer_tag: str | None = None
         self._received: collections.deque[Delivery] = collections.deque()  # delivered, not yet fetched
         self._acks = AckWindow()
+        self._wait_queues: set[str] = set()  # declared on this connection
 
     def open(self) -> str:
         self._connection = BlockingConnection(self._parameters)
         self._acks.clear()
+        self._wait_queues.clear()
         channel = self._connection.channel()
         channel.confirm_delivery()
         declare_topology(channel, self._settings)
@@ -365,10 +376,22 @@ class BrokerTransport:
         for tag in alone:
             channel.basic_ack(tag)
 
-    def retry(self, delivery: Delivery) -> None:
+    def retry(self, delivery: Delivery, delay_seconds: float) -> None:
         properties = delivery.extra["properties"]
         headers = retried_headers(properties.headers, delivery.retries)
-        self._republish(self._settings.queue_name, delivery, headers)
+        self._republish(self._wait_queue(delay_seconds), delivery, headers)
+
+    def _wait_queue(self, delay_seconds: float) -> str:
+        """Where a retry waits `delay_seconds`, declared on first use (the task queue: no wait)."""
+        ttl_ms = wait_tier_ms(delay_seconds)
+        if ttl_ms is None:
+            return self._settings.queue_name
+        name = wait_queue(self._settings, ttl_ms)
+        if name not in self._wait_queues:
+            arguments = wait_queue_arguments(self._settings, ttl_ms)
+            self._open_channel().queue_declare(name, durable=True, arguments=arguments)
+            self._wait_queues.add(name)
+        return name
 
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         properties = delivery.extra["properties"]

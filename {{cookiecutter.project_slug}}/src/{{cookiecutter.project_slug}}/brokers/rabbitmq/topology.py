@@ -1,8 +1,14 @@
 """What both RabbitMQ styles share: the queues and their arguments, and the headers that count
-retries and say why a message was dead-lettered."""
+retries and say why a message was dead-lettered.
+
+A retry waits in a wait queue: durable, with a message TTL, dead-lettering into the task queue
+when it expires. Every message of one wait queue waits as long, so the one at its head always
+expires first and nothing waits behind a longer wait: a delay goes to the queue whose TTL is
+nearest (tiers 1.25 x apart, from 100 ms; within 12 %), declared when first used."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +24,32 @@ REASON_HEADER = "x-dead-letter-reason"
 def queue_arguments(settings: Settings) -> dict[str, Any]:
     """The task queue's: a rejected message goes to the dead-letter queue."""
     return {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": settings.dead_letter_queue}
+
+
+WAIT_TIER_FIRST_MS = 100
+WAIT_TIER_RATIO = 1.25
+
+
+def wait_tier_ms(delay_seconds: float) -> int | None:
+    """The TTL of the wait queue for `delay_seconds`: the tier nearest it; None: no wait at all."""
+    delay_ms = delay_seconds * 1000
+    if delay_ms < WAIT_TIER_FIRST_MS / math.sqrt(WAIT_TIER_RATIO):
+        return None
+    tier = round(math.log(delay_ms / WAIT_TIER_FIRST_MS, WAIT_TIER_RATIO))
+    return round(WAIT_TIER_FIRST_MS * WAIT_TIER_RATIO**tier)
+
+
+def wait_queue(settings: Settings, ttl_ms: int) -> str:
+    return f"{settings.queue_name}.wait.{ttl_ms}ms"
+
+
+def wait_queue_arguments(settings: Settings, ttl_ms: int) -> dict[str, Any]:
+    """A wait queue's: its messages expire after `ttl_ms` into the task queue."""
+    return {
+        "x-message-ttl": ttl_ms,
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": settings.queue_name,
+    }
 
 
 def retries_of(headers: Mapping[str, Any] | None) -> int:

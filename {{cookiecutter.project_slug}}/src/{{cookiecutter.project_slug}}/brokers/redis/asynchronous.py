@@ -89,8 +89,8 @@ class BrokerTransport(streams.StreamTransport):
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
         await drive(self._client, self._stream.ack(list(deliveries)))
 
-    async def retry(self, delivery: Delivery) -> None:
-        self._stream.retry(delivery)
+    async def retry(self, delivery: Delivery, delay_seconds: float) -> None:
+        await drive(self._client, self._stream.retry(delivery, delay_seconds))
 
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
         await drive(self._client, self._stream.dead_letter(delivery, reason))

@@ -1,10 +1,16 @@
 """Redis Streams for both consumer styles, written once: what a consumer says to Redis and
 what it makes of the replies. Each conversation is a generator that yields the commands to
 send (a `Batch`, one round trip) and receives their replies; the module of the consumer style
-only carries the batches to its client, blocking or awaited."""
+only carries the batches to its client, blocking or awaited.
+
+A retry waits in a sorted set, `<QUEUE_NAME>.delayed`, scored by when it is due (Redis's own
+clock): one script adds it and acknowledges the original, and another, which every consumer
+runs before its reads, moves what is due back into the stream. Each script is atomic, so a
+retry is always in the stream, the set, or both for an instant never seen by a reader."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
@@ -24,7 +30,34 @@ Fields = dict[FieldT, EncodableT]
 Entry = tuple[bytes, dict[bytes, bytes] | None]  # an entry's fields are None once it was deleted
 
 BODY_FIELD = b"body"
+RETRIES_FIELD = b"x-retries"  # on an entry put back after a wait: the retries it had
 IDLE_BLOCK_MILLISECONDS = 1000  # XREADGROUP's longest wait; shorter than the socket timeout
+MOVE_INTERVAL_SECONDS = 0.25  # how often a consumer looks for due retries (other workers add some too)
+MOVE_BATCH = 100  # due retries moved back into the stream by one script call at most
+
+# KEYS: the delayed set, the stream. ARGV: the delay (ms), the member, the group, the entry id.
+WAIT_SCRIPT = """
+local now = redis.call('TIME')
+local due = now[1] * 1000 + math.floor(now[2] / 1000) + tonumber(ARGV[1])
+redis.call('ZADD', KEYS[1], due, ARGV[2])
+return redis.call('XACK', KEYS[2], ARGV[3], ARGV[4])
+"""
+# KEYS: the delayed set, the stream. ARGV: how many at most. Returns {moved, ms until the next is due or -1}.
+MOVE_SCRIPT = """
+local now = redis.call('TIME')
+local now_ms = now[1] * 1000 + math.floor(now[2] / 1000)
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms, 'LIMIT', 0, tonumber(ARGV[1]))
+for _, member in ipairs(due) do
+  redis.call('XADD', KEYS[2], '*', unpack(cjson.decode(member)['fields']))
+  redis.call('ZREM', KEYS[1], member)
+end
+local moved = #due
+local head = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+if head[2] then
+  return {moved, math.max(0, tonumber(head[2]) - now_ms)}
+end
+return {moved, -1}
+"""
 # The client logs every reconnect attempt at length; ours say it once.
 CLIENT_LOGGERS = ("redis",)
 
@@ -99,6 +132,14 @@ def dead_letter_fields(fields: Mapping[bytes, bytes], entry_id: bytes, reason: s
     }
 
 
+def delayed_member(fields: Mapping[bytes, bytes], entry_id: bytes, retries: int) -> str:
+    """What the delayed set holds for one retry: the entry's fields, with its retries counted, as
+    the flat list XADD takes. Unique: the entry it came from (a retry is a new entry each time)."""
+    kept = {**fields, RETRIES_FIELD: str(retries).encode()}
+    flat = [part.decode() for key, value in kept.items() for part in (key, value)]
+    return json.dumps({"from": entry_id.decode(), "fields": flat})
+
+
 def entries_of(response: Any) -> list[Entry]:
     """The entries of an XREADGROUP reply for one stream (redis-py types it loosely)."""
     return [entry for _, entries in cast("list[tuple[bytes, list[Entry]]]", response or []) for entry in entries]
@@ -114,6 +155,7 @@ class StreamConsumer:
     own_pending: bytes | None = b"0"  # after a (re)connect, first finish our own pending list
     next_claim: float = 0.0
     next_forget: float = 0.0
+    next_move: float = 0.0  # when to look for due retries next (time.monotonic())
 
     @property
     def stream(self) -> str:
@@ -126,6 +168,10 @@ class StreamConsumer:
     @property
     def name(self) -> str:
         return self.settings.consumer_name
+
+    @property
+    def delayed(self) -> str:
+        return f"{self.stream}.delayed"
 
     def describe(self) -> str:
         return f"{self.stream!r} as {self.name!r} in group {self.group!r}"
@@ -152,18 +198,31 @@ class StreamConsumer:
         free = max_count - len(deliveries)
         if free <= 0:
             return deliveries
+        # Due retries go back into the stream in the read's round trip, just ahead of it.
+        moving = [call("eval", MOVE_SCRIPT, 2, self.delayed, self.stream, MOVE_BATCH)]
+        if time.monotonic() < self.next_move:
+            moving = []
         if self.own_pending is not None:
             read = call("xreadgroup", self.group, self.name, {self.stream: self.own_pending}, free)
-            [reply] = yield from self._send([read])
+            *moved, reply = yield from self._send([*moving, read])
             entries = entries_of(reply)
             self.own_pending = entries[-1][0] if entries else None
             deliveries += yield from self._delivered(entries)
         else:
-            block = max(1, min(IDLE_BLOCK_MILLISECONDS, int(wait_seconds * 1000)))
+            wait_ms = min(wait_seconds, max(0.0, self.next_move - time.monotonic())) * 1000
+            block = max(1, min(IDLE_BLOCK_MILLISECONDS, int(wait_ms)))
             read = call("xreadgroup", self.group, self.name, {self.stream: ">"}, free, block)
-            [reply] = yield from self._send([read])
+            *moved, reply = yield from self._send([*moving, read])
             deliveries += [self._delivery(entry, 1) for entry in entries_of(reply)]
+        if moved:
+            self._moved(moved[0])
         return deliveries
+
+    def _moved(self, reply: list[int]) -> None:
+        """After the move script: look again when the next retry is due, or a little later anyway."""
+        count, next_due_ms = reply
+        wait = MOVE_INTERVAL_SECONDS if next_due_ms < 0 else min(MOVE_INTERVAL_SECONDS, next_due_ms / 1000)
+        self.next_move = time.monotonic() + (0.0 if count >= MOVE_BATCH else wait)
 
     def _reclaim(self, free: int) -> Steps[list[Delivery]]:
         """Keep our own long handlers from looking abandoned; take over what others abandoned."""
@@ -218,7 +277,8 @@ class StreamConsumer:
         self.in_hand.add(entry_id)
         headers = text_headers((key, value) for key, value in fields.items() if key != BODY_FIELD)
         extra = {"fields": fields, "deliveries": deliveries}
-        return Delivery(fields.get(BODY_FIELD, b""), headers, deliveries - 1, entry_id, extra=extra)
+        retries = retries_of(fields) + deliveries - 1
+        return Delivery(fields.get(BODY_FIELD, b""), headers, retries, entry_id, extra=extra)
 
     def ack(self, deliveries: list[Delivery]) -> Steps[None]:
         if deliveries:
@@ -248,9 +308,14 @@ class StreamConsumer:
         del self.unsent_acks[:sent]
         return replies[1:]
 
-    def retry(self, delivery: Delivery) -> None:
-        """Left pending: it is delivered again once it has been idle for CLAIM_IDLE_SECONDS."""
+    def retry(self, delivery: Delivery, delay_seconds: float) -> Steps[None]:
+        """Into the delayed set, due in `delay_seconds`, and the original acknowledged, at once."""
         self.in_hand.discard(delivery.handle)
+        member = delayed_member(delivery.extra["fields"], delivery.handle, delivery.retries + 1)
+        delay_ms = max(0, round(delay_seconds * 1000))
+        script = call("eval", WAIT_SCRIPT, 2, self.delayed, self.stream, delay_ms, member, self.group, delivery.handle)
+        yield Batch([script])
+        self.next_move = min(self.next_move, time.monotonic() + delay_seconds)
 
     def dead_letter(self, delivery: Delivery, reason: str) -> Steps[None]:
         """The dead letter written and the original acknowledged, together or not at all."""
@@ -269,13 +334,21 @@ class StreamTransport:
     """What both Redis transports tell the runner, and the consumer state they share."""
 
     errors: tuple[type[BaseException], ...] = (RedisError,)
-    retry_in_place = False  # a retry stays pending, and is claimed again once idle
+    retry_in_place = False  # a retry waits in the delayed set
     finish_unstarted = True  # what is left pending is claimed again only after CLAIM_IDLE_SECONDS
 
     def __init__(self, settings: Settings, capacity: int) -> None:
         self._stream = StreamConsumer(settings)
         self.capacity = capacity
         self._leaving = False  # stopping for good: leave the group on close
+
+
+def retries_of(fields: Mapping[bytes, bytes]) -> int:
+    """The retries an entry put back after a wait carries; none for any other (or a mangled count)."""
+    try:
+        return max(0, int(fields.get(RETRIES_FIELD, b"0")))
+    except ValueError:
+        return 0
 
 
 def claim_interval(settings: Settings) -> float:

@@ -98,8 +98,8 @@ class BrokerTransport(streams.StreamTransport):
     def ack(self, deliveries: Sequence[Delivery]) -> None:
         self._stream.ack_later(list(deliveries))
 
-    def retry(self, delivery: Delivery) -> None:
-        self._stream.retry(delivery)
+    def retry(self, delivery: Delivery, delay_seconds: float) -> None:
+        drive(self._client, self._stream.retry(delivery, delay_seconds))
 
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         drive(self._client, self._stream.dead_letter(delivery, reason))

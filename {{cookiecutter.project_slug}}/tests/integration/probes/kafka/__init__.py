@@ -82,3 +82,8 @@ def shares_settled(logs: Sequence[Path]) -> bool:
             return False
         latest += [int(partition) for partition in assignments[-1].split(",")]
     return sorted(latest) == list(range(len(latest))) and len(set(latest)) == len(latest)
+
+
+def waiting_places(settings: Settings) -> list[str]:
+    """Kafka retries in place: nothing waits elsewhere."""
+    return []

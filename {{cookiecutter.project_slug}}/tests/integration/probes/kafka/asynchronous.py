@@ -119,9 +119,9 @@ class Probe:
 
         return asyncio.run(take())
 
-    def delete(self, topic: str) -> None:
+    def delete(self, *topics: str) -> None:
         async def delete() -> None:
             async with self._admin() as admin:
-                await admin.delete_topics([topic])
+                await admin.delete_topics(list(topics))
 
         asyncio.run(delete())

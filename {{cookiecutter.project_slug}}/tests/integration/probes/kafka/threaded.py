@@ -123,8 +123,8 @@ class Probe:
         finally:
             reader.close()
 
-    def delete(self, topic: str) -> None:
-        for future in self._admin.delete_topics([topic], operation_timeout=TIMEOUT_SECONDS).values():
+    def delete(self, *topics: str) -> None:
+        for future in self._admin.delete_topics(list(topics), operation_timeout=TIMEOUT_SECONDS).values():
             try:
                 future.result(TIMEOUT_SECONDS + 5)
             except KafkaException as error:

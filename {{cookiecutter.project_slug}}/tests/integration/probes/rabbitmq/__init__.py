@@ -3,6 +3,7 @@
 from __future__ import annotations
 {%- set style = "asynchronous" if cookiecutter.consumer == "async" else "threaded" %}
 
+from {{ cookiecutter.project_slug }}.brokers.rabbitmq.topology import wait_queue, wait_tier_ms
 from {{ cookiecutter.project_slug }}.settings import Settings
 
 from ..common import RECONNECT_SECONDS, make_proxy, ready_to_share, shares_settled
@@ -34,3 +35,12 @@ def notice_within(settings: Settings) -> float:
 def slow_handler_seconds(settings: Settings) -> float:
     """Slower than the heartbeat: the connection must live through it."""
     return 2.5 * settings.heartbeat_seconds
+
+
+LONGEST_TEST_WAIT_SECONDS = 5.0  # no test waits longer
+
+
+def waiting_places(settings: Settings) -> list[str]:
+    """The wait queues a test's retries may have declared: those of every wait up to the longest."""
+    tiers = {wait_tier_ms(seconds / 100) for seconds in range(1, round(LONGEST_TEST_WAIT_SECONDS * 100) + 1)}
+    return [wait_queue(settings, ttl_ms) for ttl_ms in sorted(tier for tier in tiers if tier is not None)]

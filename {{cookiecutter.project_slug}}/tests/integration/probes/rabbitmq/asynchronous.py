@@ -109,9 +109,10 @@ class Probe:
 
         return asyncio.run(reject())
 
-    def delete(self, queue: str) -> None:
+    def delete(self, *queues: str) -> None:
         async def delete() -> None:
             async with self._channel() as channel:
-                await channel.queue_delete(queue)
+                for queue in queues:
+                    await channel.queue_delete(queue)
 
         asyncio.run(delete())

@@ -87,6 +87,7 @@ class Probe:
                 time.sleep(0.05)
         raise AssertionError(f"no message arrived in {queue!r} within {timeout} s")
 
-    def delete(self, queue: str) -> None:
+    def delete(self, *queues: str) -> None:
         with self._channel() as channel:
-            channel.queue_delete(queue)
+            for queue in queues:
+                channel.queue_delete(queue)

@@ -29,3 +29,8 @@ def notice_within(settings: Settings) -> float:
 def slow_handler_seconds(settings: Settings) -> float:
     """A message idle this long is another consumer's to claim, unless its own consumer keeps it fresh."""
     return 2.5 * settings.claim_idle_seconds
+
+
+def waiting_places(settings: Settings) -> list[str]:
+    """The sorted set where the test's retries waited."""
+    return [f"{settings.queue_name}.delayed"]

@@ -81,5 +81,5 @@ class Probe:
         """A consumer that joins the group and never reads again: a worker gone for good."""
         self._client.xgroup_createconsumer(stream, group, name)
 
-    def delete(self, stream: str) -> None:
-        self._client.delete(stream)
+    def delete(self, *keys: str) -> None:
+        self._client.delete(*keys)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from .brokers.base import Delivery
 from .processing import Outcome, Verdict
 
-# A retry in place holds its lane (a Kafka partition) and the consumer's poll: never longer than this.
+# A retry in place holds its lane and the consumer's poll of the broker: never longer than this.
 IN_PLACE_WAIT_MAX_SECONDS = 60.0
 
 

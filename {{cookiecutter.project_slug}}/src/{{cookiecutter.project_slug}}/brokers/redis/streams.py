@@ -32,7 +32,7 @@ Entry = tuple[bytes, dict[bytes, bytes] | None]  # an entry's fields are None on
 BODY_FIELD = b"body"
 RETRIES_FIELD = b"x-retries"  # on an entry put back after a wait: the retries it had
 IDLE_BLOCK_MILLISECONDS = 1000  # XREADGROUP's longest wait; shorter than the socket timeout
-MOVE_INTERVAL_SECONDS = 0.25  # how often a consumer looks for due retries (other workers add some too)
+MOVE_INTERVAL_SECONDS = 0.5  # how often a consumer looks for due retries (other workers add some too)
 MOVE_BATCH = 100  # due retries moved back into the stream by one script call at most
 
 # KEYS: the delayed set, the stream. ARGV: the delay (ms), the member, the group, the entry id.
@@ -209,7 +209,9 @@ class StreamConsumer:
             self.own_pending = entries[-1][0] if entries else None
             deliveries += yield from self._delivered(entries)
         else:
-            wait_ms = min(wait_seconds, max(0.0, self.next_move - time.monotonic())) * 1000
+            # Blocked no longer than the next look for due retries (this one's, when it moves now).
+            until_next_move = MOVE_INTERVAL_SECONDS if moving else max(0.0, self.next_move - time.monotonic())
+            wait_ms = min(wait_seconds, until_next_move) * 1000
             block = max(1, min(IDLE_BLOCK_MILLISECONDS, int(wait_ms)))
             read = call("xreadgroup", self.group, self.name, {self.stream: ">"}, free, block)
             *moved, reply = yield from self._send([*moving, read])

@@ -36,6 +36,7 @@ BROKER_FILES = {
         "tests/integration/test_kafka.py",
         "tests/test_kafka_offsets.py",
         "tests/test_kafka_commits_threaded.py",
+        "tests/test_kafka_waits.py",
     ],
 }
 

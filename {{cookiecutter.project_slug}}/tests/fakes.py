@@ -29,15 +29,17 @@ class InMemoryBroker:
     queue: deque[Envelope] = field(default_factory=deque)
     dead_letters: list[tuple[Envelope, str]] = field(default_factory=list)
     published: list[TaskMessage] = field(default_factory=list)
+    delays: list[float] = field(default_factory=list)  # the delay_seconds of each published message
     started: bool = False
     closed: bool = False
 
     async def start(self) -> None:
         self.started = True
 
-    async def publish(self, message: TaskMessage, headers: Mapping[str, str]) -> None:
+    async def publish(self, message: TaskMessage, headers: Mapping[str, str], delay_seconds: float = 0.0) -> None:
         await self.ping()
         self.published.append(message)
+        self.delays.append(delay_seconds)
         self.queue.append(Envelope(encode(message), dict(headers)))
 
     async def ping(self) -> None:

@@ -109,6 +109,42 @@ def test_invalid_bodies_get_422_and_publish_nothing(
     assert broker.published == []
 
 
+def test_a_delayed_task_is_published_with_its_delay(client: TestClient, broker: InMemoryBroker) -> None:
+    assert client.post("/tasks", json={**IMAGE_TASK, "delay_seconds": 90}).status_code == 202
+    assert client.post("/tasks", json=IMAGE_TASK).status_code == 202
+    assert broker.delays == [90.0, 0.0]
+    due, now = (float(envelope.headers["x-published-at"]) for envelope in broker.queue)
+    assert due - now == pytest.approx(90, abs=5)  # its wait in the queue counts from when it is due
+
+
+@pytest.mark.parametrize(
+    "delay",  # as written in the JSON body
+    [
+        pytest.param("86400.5", id="over-max"),
+        pytest.param("-1", id="negative"),
+        pytest.param('"soon"', id="not-a-number"),
+        pytest.param("1e400", id="infinite"),
+    ],
+)
+def test_a_delay_out_of_bounds_gets_422_and_publishes_nothing(
+    client: TestClient, broker: InMemoryBroker, delay: str
+) -> None:
+    content = json.dumps(IMAGE_TASK)[:-1] + f', "delay_seconds": {delay}}}'
+    response = client.post("/tasks", content=content, headers={"Content-Type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert "delay_seconds" in json.dumps(response.json()["detail"])
+    assert broker.published == []
+
+
+def test_the_longest_delay_is_a_setting(broker: InMemoryBroker, registry: TaskRegistry) -> None:
+    app = create_app(Settings(max_delay_seconds=60), registry=registry, publisher=broker, consumer=StubConsumer())
+    with TestClient(app) as client:
+        over = client.post("/tasks", json={**IMAGE_TASK, "delay_seconds": 61})
+        assert over.status_code == 422
+        assert "MAX_DELAY_SECONDS" in over.text
+        assert client.post("/tasks", json={**IMAGE_TASK, "delay_seconds": 60}).status_code == 202
+
+
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data"])
 def test_a_body_that_is_not_declared_json_gets_415(
     client: TestClient, broker: InMemoryBroker, content_type: str

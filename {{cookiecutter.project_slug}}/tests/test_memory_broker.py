@@ -52,6 +52,15 @@ def test_a_failing_task_is_retried_then_kept_as_a_dead_letter(registry: TaskRegi
     assert len(recorder.started) == 3
 
 
+def test_a_delayed_task_waits_in_memory_before_it_starts(registry: TaskRegistry, recorder: Recorder) -> None:
+    with TestClient(create_app(memory_settings("memory-delayed"), registry=registry)) as client:
+        sent = time.monotonic()
+        task = {"type": "record", "payload": {}, "delay_seconds": 0.5}
+        assert client.post("/tasks", json=task).status_code == 202
+        assert recorder.wait_finished(1)
+    assert 0.5 <= recorder.started_at[0] - sent < 2
+
+
 def test_the_worker_alone_refuses_it_in_one_line() -> None:
     env = {**os.environ, "BROKER_URL": "memory://", "METRICS_PORT": "0"}
     worker = subprocess.run([sys.executable, "-m", WORKER], env=env, capture_output=True, text=True, timeout=60)

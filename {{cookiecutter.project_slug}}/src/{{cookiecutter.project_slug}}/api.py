@@ -37,6 +37,9 @@ class TaskRequest(BaseModel):
 
     type: str = Field(description="A registered task type, such as process_image.")
     payload: dict[str, Any] = Field(description="The task's input; its schema depends on the type.")
+    delay_seconds: float = Field(
+        0.0, ge=0, allow_inf_nan=False, description="Start the task no sooner; at most MAX_DELAY_SECONDS."
+    )
 
 
 class TaskAccepted(BaseModel):
@@ -99,7 +102,7 @@ def invalid(errors: Iterable[Mapping[str, Any]], *prefix: str | int) -> RequestV
     )
 
 
-async def read_task_request(request: Request, registry: RegistryDep) -> TaskRequest:
+async def read_task_request(request: Request, registry: RegistryDep, settings: SettingsDep) -> TaskRequest:
     """Parse and validate the body ourselves, so that any malformed input, even JSON nested too
     deeply for Python's parser, is a 422 and never a 400 or a 500. A body declared as anything
     but JSON is a 415; no Content-Type at all is taken as JSON."""
@@ -110,6 +113,9 @@ async def read_task_request(request: Request, registry: RegistryDep) -> TaskRequ
         task = TaskRequest.model_validate_json(await request.body())
     except ValidationError as error:
         raise invalid(error.errors(include_url=False, include_context=False)) from None
+    if task.delay_seconds > settings.max_delay_seconds:
+        limit = f"Input should be less than or equal to {settings.max_delay_seconds:g} (MAX_DELAY_SECONDS)"
+        raise invalid([{"type": "less_than_equal", "loc": ("delay_seconds",), "msg": limit}])
     task_type = registry.get(task.type)
     if task_type is None:
         known = ", ".join(registry.names())
@@ -140,14 +146,16 @@ async def read_task_request(request: Request, registry: RegistryDep) -> TaskRequ
 async def create_task(
     task: Annotated[TaskRequest, Depends(read_task_request)], settings: SettingsDep, publisher: PublisherDep
 ) -> TaskAccepted:
-    """Queue a task. 202 means the broker has durably accepted it."""
+    """Queue a task, to start at once or after `delay_seconds`. 202 means the broker has durably accepted it."""
     message = TaskMessage(id=str(uuid.uuid4()), type=task.type, payload=task.payload)
     request_id = current_request_id()
-    headers = {REQUEST_ID_HEADER: request_id, PUBLISHED_AT_HEADER: f"{time.time():.6f}"}
+    # A delayed task's time in the queue counts from when it is due, not from now.
+    headers = {REQUEST_ID_HEADER: request_id, PUBLISHED_AT_HEADER: f"{time.time() + task.delay_seconds:.6f}"}
     with log_context(task_id=message.id, request_id=request_id, task_type=message.type):
         try:
             with publish_span(settings.queue_name, headers):
-                await asyncio.wait_for(publisher.publish(message, headers), timeout=settings.publish_timeout_seconds)
+                publishing = publisher.publish(message, headers, task.delay_seconds)
+                await asyncio.wait_for(publishing, timeout=settings.publish_timeout_seconds)
         except (BrokerUnavailable, TimeoutError) as error:
             reason = "timeout" if isinstance(error, TimeoutError) else "unavailable"
             PUBLISH_FAILURES.labels(reason=reason).inc()

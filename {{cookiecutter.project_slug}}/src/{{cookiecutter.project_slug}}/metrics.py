@@ -22,7 +22,7 @@ TASKS_IN_HAND = Gauge(
 )
 QUEUE_WAIT = Histogram(
     "task_queue_wait_seconds",
-    "From publish to the handler's first start: how long a task waited in the broker.",
+    "From publish (a delayed task: from when it was due) to the handler's first start: how long it waited.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
 )
 HANDLER_DURATION = Histogram(

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import dataclasses
 import enum
 import logging
 import time
@@ -16,9 +15,9 @@ from typing import TYPE_CHECKING, Protocol
 
 from .brokers.base import Backoff, Delivery
 from .metrics import TASKS_IN_HAND
-from .processing import Outcome, Processor
+from .processing import Processor
 from .runner_base import OutageLog, describe, log_stopped, refill_size
-from .settlement import in_place_wait, settlement
+from .settlement import settlement
 
 if TYPE_CHECKING:
     from .settings import Settings
@@ -37,7 +36,6 @@ class Transport(Protocol):
     Every method but `close` may raise one of `errors`."""
 
     errors: tuple[type[BaseException], ...]  # the connection is gone: the runner reconnects
-    retry_in_place: bool  # the broker cannot hold a retry: the runner retries in the same lane
     capacity: int  # the most deliveries in hand at once
     finish_unstarted: bool  # on stop, handle what was fetched but not started: the broker would hold it back
 
@@ -178,13 +176,7 @@ class Runner:
 
     async def _handle(self, delivery: Delivery, acks: Acknowledger) -> Settling:
         """Process, then settle: a retry or a dead letter at once, an acknowledgement in the next batch."""
-        while True:
-            verdict = await self._processor.process(delivery.body, delivery.retries, delivery.headers)
-            if verdict.outcome is not Outcome.RETRIED or not self._transport.retry_in_place:
-                break
-            if await sleep_unless_stopping(self._stopping, in_place_wait(verdict)):
-                return Settling.LEFT
-            delivery = dataclasses.replace(delivery, retries=delivery.retries + 1)
+        verdict = await self._processor.process(delivery.body, delivery.retries, delivery.headers)
         plan = settlement([(delivery, verdict)])
         if plan.acks:
             acks.add(delivery)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import dataclasses
 import logging
 import queue
 import threading
@@ -17,9 +16,9 @@ from typing import TYPE_CHECKING, Protocol
 
 from .brokers.base import Backoff, Delivery
 from .metrics import TASKS_IN_HAND
-from .processing import Outcome, Processor, Verdict
+from .processing import Processor, Verdict
 from .runner_base import OutageLog, log_stopped, refill_size
-from .settlement import in_place_wait, settlement
+from .settlement import settlement
 
 if TYPE_CHECKING:
     from .settings import Settings
@@ -36,7 +35,6 @@ class Transport(Protocol):
     bookkeeping (retry counts, offsets). Every method but `close` may raise one of `errors`."""
 
     errors: tuple[type[BaseException], ...]  # the connection is gone: the runner reconnects
-    retry_in_place: bool  # the broker cannot hold a retry: the runner retries in the same lane
     capacity: int  # the most deliveries in hand at once
     finish_unstarted: bool  # on stop, handle what was fetched but not started: the broker would hold it back
     # The connection lives through a handler holding the consumer's thread (nothing to send meanwhile):
@@ -170,15 +168,9 @@ class Runner:
             self._transport.dead_letter(delivery, reason)
         self._transport.ack(plan.acks)
 
-    def _handle(self, delivery: Delivery) -> tuple[Delivery, Verdict] | None:
-        """Runs in a handler thread. None: stopped while waiting to retry in place, so not settled."""
-        while True:
-            verdict = self._processor.process(delivery.body, delivery.retries, delivery.headers)
-            if verdict.outcome is not Outcome.RETRIED or not self._transport.retry_in_place:
-                return delivery, verdict
-            if self._stopping.wait(in_place_wait(verdict)):
-                return None
-            delivery = dataclasses.replace(delivery, retries=delivery.retries + 1)
+    def _handle(self, delivery: Delivery) -> tuple[Delivery, Verdict]:
+        """Runs in a handler thread."""
+        return delivery, self._processor.process(delivery.body, delivery.retries, delivery.headers)
 
     def _drain(self, in_hand: InHand) -> None:
         """Take nothing new; finish what runs; leave the rest unsettled, so the broker delivers it again."""

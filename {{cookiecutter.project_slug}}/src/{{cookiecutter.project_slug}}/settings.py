@@ -26,6 +26,9 @@ class Settings(BrokerSettings):
     retry_delay_max_seconds: float = Field(
         300.0, ge=0, le=86_400, description="The longest wait between two attempts; each next one waits twice as long."
     )
+    max_delay_seconds: float = Field(
+        86_400.0, ge=0, le=86_400 * 30, description="The longest delay_seconds a POST /tasks may ask for."
+    )
     prefetch_count: int = Field(100, ge=1, le=65535, description="Messages a consumer holds unacknowledged.")
 {%- if cookiecutter.consumer == "threaded" %}
     handler_threads: int = Field(8, ge=1, le=256, description="Threads that run handlers in one consumer.")

@@ -9,9 +9,6 @@ from dataclasses import dataclass, field
 from .brokers.base import Delivery
 from .processing import Outcome, Verdict
 
-# A retry in place holds its lane and the consumer's poll of the broker: never longer than this.
-IN_PLACE_WAIT_MAX_SECONDS = 60.0
-
 
 @dataclass
 class Settlement:
@@ -34,8 +31,3 @@ def settlement(finished: Iterable[tuple[Delivery, Verdict]]) -> Settlement:
         else:
             plan.acks.append(delivery)
     return plan
-
-
-def in_place_wait(verdict: Verdict) -> float:
-    """Seconds to wait before retrying in place, in the lane: the verdict's, within bounds."""
-    return min(IN_PLACE_WAIT_MAX_SECONDS, verdict.delay_seconds)

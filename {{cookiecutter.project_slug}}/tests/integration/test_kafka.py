@@ -1,4 +1,5 @@
-"""What Kafka itself must hold: the record format, and offsets that never skip a failed record."""
+"""What Kafka itself must hold: the record format, retries in wait topics, and offsets that never
+skip a failed record."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from {{ cookiecutter.project_slug }}.tasks import TaskRegistry
 
 from ..helpers import Recorder
 from .helpers import eventually, post, publish_only, wait_ready
-from .probes import Probe
+from .probes import Probe, waiting_places
 
 
 def test_published_records_carry_the_id_as_key_and_the_request_id_as_header(
@@ -24,22 +25,24 @@ def test_published_records_carry_the_id_as_key_and_the_request_id_as_header(
     assert record.headers["x-request-id"] == "req-7"
 
 
-def test_a_failed_record_is_dead_lettered_before_any_later_offset_is_committed(
+def test_a_failed_record_waits_in_a_wait_topic_while_its_partition_goes_on(
     settings: Settings, registry: TaskRegistry, recorder: Recorder, probe: Probe
 ) -> None:
-    # One partition: the failing record and the one after it share it, so order is what is tested.
+    # One partition: the failing record and the one after it share it.
     settings = settings.model_copy(update={"topic_partitions": 1})
     with TestClient(create_app(settings, registry=registry)) as client:
         wait_ready(client)
         bad = post(client, "explode")
         good = post(client, "record")
         assert recorder.wait_finished(1, timeout=30)
-        assert recorder.started == [bad] * (settings.max_retries + 1) + [good]
         [dead] = probe.take(settings.dead_letter_queue, 1)
+        assert recorder.started == [bad, good] + [bad] * settings.max_retries
         assert json.loads(dead.body)["id"] == bad
         assert "this handler always fails" in dead.headers["x-dead-letter-reason"]
         assert dead.headers["x-attempts"] == str(settings.max_retries + 1)
-        assert eventually(lambda: probe.count(settings.queue_name) == 0)
+        # Every offset is committed in the end, in the task topic and in the wait topics.
+        topics, group = [settings.queue_name, *waiting_places(settings)], f"{settings.queue_name}.workers"
+        assert eventually(lambda: sum(probe.count(topic, group) for topic in topics) == 0)
 
 
 def test_a_dead_letter_keeps_the_original_value(settings: Settings, registry: TaskRegistry, probe: Probe) -> None:

@@ -126,7 +126,6 @@ def test_a_retry_the_handler_asks_for_waits_as_long_as_asked(
         assert recorder.wait_finished(1, timeout=30)
     [first, second] = recorder.starts_of(task)
     assert within_tolerance(second - first, 2.0), second - first
-{%- if cookiecutter.broker != "kafka" %}
 
 
 def test_a_retry_waiting_holds_back_no_message_behind_it(
@@ -144,7 +143,22 @@ def test_a_retry_waiting_holds_back_no_message_behind_it(
         assert recorder.finished == [good]
         assert recorder.started.count(bad) == 1, "the failing task came back before its wait was over"
         assert took < 2.0, f"a healthy task behind a waiting retry took {took:.1f} s"
-{%- endif %}
+
+
+def test_a_delayed_task_starts_no_sooner_than_asked_and_holds_back_no_other(
+    settings: Settings, registry: TaskRegistry, recorder: Recorder
+) -> None:
+    with running(settings, registry) as client:
+        wait_ready(client)
+        sent = time.monotonic()
+        response = client.post("/tasks", json={"type": "record", "payload": {}, "delay_seconds": 2})
+        assert response.status_code == 202, response.text
+        delayed = response.json()["id"]
+        at_once = post(client, "record")
+        assert recorder.wait_finished(2, timeout=30)
+    assert recorder.finished == [at_once, delayed]
+    [started] = recorder.starts_of(delayed)
+    assert 2.0 <= started - sent <= 1.2 * 2.0 + 1.0, started - sent
 
 
 def test_a_task_its_handler_rejects_is_dead_lettered_at_once_with_the_reason(

@@ -60,8 +60,9 @@ class Publisher(Protocol):
     async def start(self) -> None:
         """Begin connecting in the background; never fails because the broker is down."""
 
-    async def publish(self, message: TaskMessage, headers: Mapping[str, str]) -> None:
-        """Return once the broker has durably accepted the message; raise BrokerUnavailable otherwise."""
+    async def publish(self, message: TaskMessage, headers: Mapping[str, str], delay_seconds: float = 0.0) -> None:
+        """Return once the broker has durably accepted the message, to be delivered once `delay_seconds`
+        are over (it waits on the broker); raise BrokerUnavailable otherwise."""
 
     async def ping(self) -> None:
         """Ask the broker for a reply; raise BrokerUnavailable when it does not answer."""

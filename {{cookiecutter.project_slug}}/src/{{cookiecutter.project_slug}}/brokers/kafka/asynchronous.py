@@ -1,8 +1,8 @@
 """Apache Kafka with aiokafka in the event loop. The producer waits for `acks=all` on every
-send; the consumer's transport commits offsets only after records were handled or dead-lettered
-(each partition is a lane of the runner, its records in order), one commit per batch the runner
-acknowledges; it lets the runner retry a failing record in place (Kafka has no per-record nack),
-and commits what is done when its partitions are taken away.
+send; the consumer's transport commits offsets only after records were handled, put to wait or
+dead-lettered (each partition is a lane of the runner, its records in order), one commit per
+batch the runner acknowledges, and commits what is done when its partitions are taken away. The
+same consumer reads the wait topics (see `waits`).
 """
 
 from __future__ import annotations
@@ -23,12 +23,14 @@ from ..base import BrokerUnavailable, Delivery, text_headers
 from .records import (
     Partition,
     PartitionedTransport,
+    assignment,
     dead_letter_headers,
     fair_share,
     group_id,
     partition_of,
     record_headers,
 )
+from .waits import Holds, Waiting, now_ms, pass_on, retries_of, send_to_wait, tier_of, topics, wait_topics
 
 if TYPE_CHECKING:
     from ...settings import Settings
@@ -45,15 +47,15 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (KafkaError, OSError)
 
 
 async def ensure_topics(settings: Settings) -> None:
-    """Idempotent: the task topic and the dead-letter topic, with the configured partitions."""
+    """Idempotent: the service's topics, with the configured partitions."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id="admin")
     await admin.start()
     try:
-        topics = [
+        wanted = [
             NewTopic(name, num_partitions=settings.topic_partitions, replication_factor=settings.topic_replication)
-            for name in (settings.queue_name, settings.dead_letter_queue)
+            for name in topics(settings)
         ]
-        response = await admin.create_topics(topics)
+        response = await admin.create_topics(wanted)
         for name, code, *detail in response.topic_errors:
             if code not in (0, TOPIC_ALREADY_EXISTS):
                 raise KafkaError(f"cannot create topic {name!r}: error {code} {detail}")
@@ -123,14 +125,14 @@ class BrokerPublisher:
             raise BrokerUnavailable(f"not connected to Kafka at {self._settings.broker_address}")
         return self._producer
 
-    async def publish(self, message: TaskMessage, headers: Mapping[str, str]) -> None:
+    async def publish(self, message: TaskMessage, headers: Mapping[str, str], delay_seconds: float = 0.0) -> None:
         producer = self._connected()
+        topic, sent_headers = self._settings.queue_name, record_headers(headers)
+        if delay_seconds > 0:
+            topic, sent_headers = send_to_wait(self._settings, sent_headers, delay_seconds)
         try:
             await producer.send_and_wait(
-                self._settings.queue_name,
-                value=encode(message),
-                key=message.id.encode(),
-                headers=record_headers(headers) or None,
+                topic, value=encode(message), key=message.id.encode(), headers=sent_headers or None
             )
         except CONNECTION_ERRORS as error:
             raise BrokerUnavailable(f"Kafka did not acknowledge the message: {error!r}") from error
@@ -162,7 +164,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 class BrokerTransport(PartitionedTransport):
-    """The consumer's side: a consumer in the group, and a producer for dead letters."""
+    """The consumer's side: a consumer in the group, and a producer for retries and dead letters."""
 
     errors = CONNECTION_ERRORS
 
@@ -172,12 +174,14 @@ class BrokerTransport(PartitionedTransport):
         self._producer: Any = None
         self._committing = asyncio.Lock()
         self._joined = asyncio.Event()  # set once the group gave this consumer its partitions
+        self._holds = Holds()
 
     async def open(self) -> str:
         self._ledger.clear()
+        self._holds.clear()
         self._joined.clear()
         await ensure_topics(self._settings)
-        self._producer = make_producer(self._settings, "dead-letters")
+        self._producer = make_producer(self._settings, "settler")
         await start_producer(self._producer, self._settings)
         session_ms = int(self._settings.session_timeout_seconds * 1000)
         self._consumer = AIOKafkaConsumer(
@@ -193,25 +197,32 @@ class BrokerTransport(PartitionedTransport):
             request_timeout_ms=session_ms + REQUEST_TIMEOUT_MARGIN_MS,
             max_poll_records=self._settings.prefetch_count,
         )
-        self._consumer.subscribe([self._settings.queue_name], listener=_Rebalance(self))
+        self._consumer.subscribe([self._settings.queue_name, *wait_topics(self._settings)], listener=_Rebalance(self))
         await self._consumer.start()
         return f"{self._settings.queue_name!r} in group {group_id(self._settings)!r}"
 
     def assigned(self, partitions: list[TopicPartition]) -> None:
-        self._ledger.assigned((tp.topic, tp.partition) for tp in partitions)
-        logger.info("assigned partitions %s", sorted(tp.partition for tp in partitions))
+        keys = {(tp.topic, tp.partition) for tp in partitions}
+        self._ledger.assigned(keys)
+        logger.info("assigned partitions %s", assignment(self._settings, keys))
         self._joined.set()
 
     async def revoked(self, partitions: list[TopicPartition]) -> None:
         keys = {(tp.topic, tp.partition) for tp in partitions}
         await self._commit(self._ledger.due(keys))
         self._ledger.revoked(keys)
+        self._holds.revoked(keys)
 
     async def fetch(self, max_count: int, wait_seconds: float) -> list[Delivery]:
         """A share of `max_count` from each partition that has records, then the rest from any: a
         partition's records run one at a time, so a batch of one partition's (what a plain getmany
-        returns) would leave the others' waiting and the handlers idle."""
-        partitions = self._consumer.assignment()
+        returns) would leave the others' waiting and the handlers idle. Records of the wait topics
+        go on from here once their wait is over."""
+        await self._commit_settled()  # retries and dead letters settled since the last fetch
+        self._release_holds()
+        next_release = self._holds.seconds_to_next(now_ms())
+        wait_seconds = min(wait_seconds, next_release or wait_seconds)
+        partitions = {tp for tp in self._consumer.assignment() if tp.topic == self._settings.queue_name}
         share = fair_share(max_count, len(partitions))
         batch = await self._consumer.getmany(timeout_ms=int(wait_seconds * 1000), max_records=share)
         taken = sum(len(records) for records in batch.values())
@@ -225,12 +236,53 @@ class BrokerTransport(PartitionedTransport):
         if 0 < taken < max_count:
             for partition, records in (await self._consumer.getmany(max_records=max_count - taken)).items():
                 batch[partition] = batch.get(partition, []) + records
-        return [self._delivery(record) for records in batch.values() for record in records]
+        deliveries, waits = [], []
+        for partition, records in batch.items():
+            tier = tier_of(self._settings, partition.topic)
+            if tier is None:
+                deliveries += [self._delivery(record) for record in records]
+            else:
+                waits += [(self._waiting(record, tier), record) for record in records]
+        if waits:
+            await self._pass_on(waits)
+            await self._commit_settled()
+        return deliveries
 
     @staticmethod
     def _delivery(record: Any) -> Delivery:
         lane: Partition = (record.topic, record.partition)
-        return Delivery(record.value or b"", text_headers(record.headers or ()), 0, record, lane)
+        headers = record.headers or ()
+        return Delivery(record.value or b"", text_headers(headers), retries_of(headers), record, lane)
+
+    @staticmethod
+    def _waiting(record: Any, tier_ms: int) -> Waiting:
+        return Waiting((record.topic, record.partition), record.offset, record.timestamp, tier_ms, record.headers or ())
+
+    async def _pass_on(self, fetched: list[tuple[Waiting, Any]]) -> None:
+        """Records whose wait is over go on (to a shorter wait or the task topic), and are settled
+        once the broker has them; a partition whose head still waits is paused until it is due."""
+        onward, held = pass_on(self._settings, fetched, self._holds, now_ms())
+        for waiting in held:
+            partition = TopicPartition(*waiting.partition)
+            self._consumer.pause(partition)
+            self._consumer.seek(partition, waiting.offset)
+        sent = [
+            await self._producer.send(destination, value=record.value, key=record.key, headers=[*record.headers])
+            for record, destination in onward
+        ]
+        await asyncio.gather(*sent)
+        for record, _ in onward:
+            self._ledger.settled((record.topic, record.partition), record.offset)
+
+    def _release_holds(self) -> None:
+        released = self._holds.release(now_ms())
+        if released:
+            self._consumer.resume(*(TopicPartition(*partition) for partition in released))
+
+    async def _commit_settled(self) -> None:
+        if self._ledger.due():
+            async with self._committing:
+                await self._commit(self._ledger.due())
 
     async def unsubscribe(self) -> int:
         return 0  # records are fetched only when asked for
@@ -239,11 +291,14 @@ class BrokerTransport(PartitionedTransport):
         """Count them done and commit what is done (the runner sends one batch at a time)."""
         for delivery in deliveries:
             self._ledger.settled(partition_of(delivery), delivery.handle.offset)
-        async with self._committing:
-            await self._commit(self._ledger.due())
+        await self._commit_settled()
 
     async def retry(self, delivery: Delivery, delay_seconds: float) -> None:
-        raise NotImplementedError("Kafka retries in place: the runner never asks the broker to")
+        """Send to the wait topic for `delay_seconds` and wait for the broker's ack, then count the record done."""
+        record = delivery.handle
+        topic, headers = send_to_wait(self._settings, record.headers, delay_seconds, delivery.retries + 1)
+        await self._producer.send_and_wait(topic, value=record.value, key=record.key, headers=headers)
+        self._ledger.settled(partition_of(delivery), record.offset)
 
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
         record = delivery.handle

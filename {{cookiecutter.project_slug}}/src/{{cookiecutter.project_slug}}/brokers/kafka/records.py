@@ -3,7 +3,7 @@ headers, and the bookkeeping of which offsets may be committed."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, cast
 
 from ..base import Delivery
@@ -30,6 +30,13 @@ def group_id(settings: Settings) -> str:
     return settings.consumer_group or f"{settings.queue_name}.workers"
 
 
+def assignment(settings: Settings, partitions: Collection[Partition]) -> str:
+    """What a consumer was given, for its log: the task topic's partitions, and how many wait partitions."""
+    own = sorted(partition for topic, partition in partitions if topic == settings.queue_name)
+    waits = sum(1 for topic, _ in partitions if topic != settings.queue_name)
+    return f"{own} and {waits} of the wait topics"
+
+
 def record_headers(headers: Mapping[str, str]) -> Headers:
     return [(key, value.encode()) for key, value in headers.items()]
 
@@ -51,7 +58,6 @@ def dead_letter_headers(
 class PartitionedTransport:
     """What both Kafka transports tell the runner, and the bookkeeping they share."""
 
-    retry_in_place = True  # Kafka cannot hold one record back: the runner retries it in its partition's lane
     finish_unstarted = False  # what is not committed is read again by the partition's next owner
 
     def __init__(self, settings: Settings) -> None:

@@ -1,9 +1,9 @@
 """Apache Kafka with confluent-kafka (librdkafka): the consumer's transport. One thread, the
-runner's, owns the consumer (closing it from another can hang its poll) and the dead-letter
-producer. Each partition is a lane: its records are handled in order, and offsets are committed
-only once records are handled or dead-lettered, in the background, at most every 10 ms. Records
-held count until their commit is confirmed: what a crash delivers again is never more than
-PREFETCH_COUNT. Kafka has no per-record nack, so a failing record is retried in place.
+runner's, owns the consumer (closing it from another can hang its poll) and the producer of
+retries and dead letters. Each partition is a lane: its records are handled in order, and offsets
+are committed only once records are handled, put to wait or dead-lettered, in the background, at
+most every 10 ms. Records held count until their commit is confirmed: what a crash delivers again
+is never more than PREFETCH_COUNT. The same consumer reads the wait topics (see `waits`).
 """
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ from typing import TYPE_CHECKING
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from ..base import Delivery, text_headers
-from .records import Partition, PartitionedTransport, dead_letter_headers, group_id, partition_of
+from .records import Partition, PartitionedTransport, assignment, dead_letter_headers, group_id, partition_of
 from .threaded_config import client_config, producer_config
 from .threaded_logging import CLIENT_LOGGERS
 from .threaded_publisher import FLUSH_SECONDS, BrokerPublisher
 from .threaded_topics import POLL_SECONDS, ensure_topics
+from .waits import Holds, Waiting, now_ms, pass_on, retries_of, send_to_wait, tier_of, wait_topics
 
 if TYPE_CHECKING:
     from ...settings import Settings
@@ -30,8 +31,8 @@ __all__ = ["CLIENT_LOGGERS", "BrokerPublisher", "BrokerTransport"]
 logger = logging.getLogger(__name__)
 
 COMMIT_INTERVAL_SECONDS = 0.01  # settled offsets are committed this often at most
-DEAD_LETTER_TIMEOUT_SECONDS = 10.0  # for one dead letter to be acknowledged
-MAX_POLL_INTERVAL_MS = 600_000  # a record may take this long (in-place retries included) before a rebalance
+PRODUCE_TIMEOUT_SECONDS = 10.0  # for a retry, a dead letter or a record back from its wait to be acknowledged
+MAX_POLL_INTERVAL_MS = 600_000  # a record may take this long before a rebalance
 RecordHeaders = list[tuple[str, bytes | None]]
 
 
@@ -46,7 +47,7 @@ def topic_partitions(offsets: dict[Partition, int]) -> list[TopicPartition]:
 
 
 class BrokerTransport(PartitionedTransport):
-    """The consumer's side: a consumer in the group and a producer for dead letters."""
+    """The consumer's side: a consumer in the group, and a producer for retries and dead letters."""
 
     errors: tuple[type[BaseException], ...] = (KafkaException, TimeoutError)
     # librdkafka heartbeats from threads of its own; a handler may hold this one for MAX_POLL_INTERVAL_MS.
@@ -58,6 +59,7 @@ class BrokerTransport(PartitionedTransport):
         self._producer: Producer | None = None
         self._fatal: KafkaError | None = None
         self._assigned = False  # between a rebalance's assignment and the next revocation
+        self._holds = Holds()
         self._last_commit = 0.0  # when the last commit was sent (time.monotonic())
         # Half the window: the reply to one commit comes while the next half is handled.
         self._commit_batch = max(1, self.capacity // 2)
@@ -66,10 +68,9 @@ class BrokerTransport(PartitionedTransport):
         ensure_topics(self._settings)
         self._fatal = None
         self._ledger.clear()
+        self._holds.clear()
         self._assigned = False
-        self._producer = Producer(
-            producer_config(self._settings, "dead-letters", DEAD_LETTER_TIMEOUT_SECONDS, self._on_fatal)
-        )
+        self._producer = Producer(producer_config(self._settings, "settler", PRODUCE_TIMEOUT_SECONDS, self._on_fatal))
         session_ms = int(self._settings.session_timeout_seconds * 1000)
         self._consumer = Consumer(
             {
@@ -85,7 +86,10 @@ class BrokerTransport(PartitionedTransport):
             }
         )
         self._consumer.subscribe(
-            [self._settings.queue_name], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+            [self._settings.queue_name, *wait_topics(self._settings)],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
         )
         return f"{self._settings.queue_name!r} in group {group_id(self._settings)!r}"
 
@@ -95,16 +99,29 @@ class BrokerTransport(PartitionedTransport):
 
     def fetch(self, max_count: int, wait_seconds: float) -> list[Delivery]:
         consumer, producer = self._clients()
+        self._release_holds(consumer)
+        next_release = self._holds.seconds_to_next(now_ms())
         # The first record may take `wait_seconds`; the rest is only what is already fetched. consume(n,
         # timeout) would wait for n records or the whole timeout, holding a lone message back. It
         # also serves the replies to commits, so the room is counted after it (and is at least 1).
-        records = consumer.consume(1, timeout=wait_seconds)
+        records = consumer.consume(1, timeout=min(wait_seconds, next_release or wait_seconds))
         room = self._room(max_count, consumer)
         if records and room > 1:
             records += consumer.consume(room - 1, timeout=0)
         producer.poll(0)
+        deliveries, waits = [], []
+        for record in records:
+            if not self._usable(record):
+                continue
+            tier = tier_of(self._settings, record.topic() or "")
+            if tier is None:
+                deliveries.append(self._delivery(record))
+            else:
+                waits.append((self._waiting(record, tier), record))
+        if waits:
+            self._pass_on(waits, consumer)
         self._commit_in_background()
-        return [delivery for record in records if (delivery := self._delivery(record)) is not None]
+        return deliveries
 
     def _room(self, max_count: int, consumer: Consumer) -> int:
         """How many of `max_count` records may be fetched: the runner counts what it holds, this
@@ -118,19 +135,46 @@ class BrokerTransport(PartitionedTransport):
             return room
         raise KafkaException("offsets settled long ago are still not committed")
 
-    def _delivery(self, record: Message) -> Delivery | None:
+    @staticmethod
+    def _usable(record: Message) -> bool:
+        """A record, not an error the client reports in its place."""
         error = record.error()
         if error is not None:
             if error.fatal():
                 raise KafkaException(error)
             logger.warning("consumer: %s", error)
-            return None
-        topic, partition, offset = record.topic(), record.partition(), record.offset()
-        if topic is None or partition is None or offset is None:
-            return None
+            return False
+        return record.topic() is not None and record.partition() is not None and record.offset() is not None
+
+    @staticmethod
+    def _delivery(record: Message) -> Delivery:
         headers = headers_of(record)
-        lane: Partition = (topic, partition)
-        return Delivery(record.value() or b"", text_headers(headers), 0, record, lane, {"headers": headers})
+        lane: Partition = (record.topic() or "", record.partition() or 0)
+        extra = {"headers": headers}
+        return Delivery(record.value() or b"", text_headers(headers), retries_of(headers), record, lane, extra)
+
+    @staticmethod
+    def _waiting(record: Message, tier_ms: int) -> Waiting:
+        partition: Partition = (record.topic() or "", record.partition() or 0)
+        return Waiting(partition, record.offset() or 0, record.timestamp()[1], tier_ms, headers_of(record))
+
+    def _pass_on(self, fetched: list[tuple[Waiting, Message]], consumer: Consumer) -> None:
+        """Records whose wait is over go on (to a shorter wait or the task topic), and are settled
+        once the broker has them; a partition whose head still waits is paused until it is due."""
+        onward, held = pass_on(self._settings, fetched, self._holds, now_ms())
+        for waiting in held:
+            topic, partition = waiting.partition
+            consumer.pause([TopicPartition(topic, partition)])
+            consumer.seek(TopicPartition(topic, partition, waiting.offset))
+        if onward:
+            self._produce([(destination, record, headers_of(record)) for record, destination in onward])
+            for record, _ in onward:
+                self._ledger.settled((record.topic() or "", record.partition() or 0), record.offset() or 0)
+
+    def _release_holds(self, consumer: Consumer) -> None:
+        released = self._holds.release(now_ms())
+        if released:
+            consumer.resume([TopicPartition(topic, partition) for topic, partition in released])
 
     def pump(self) -> None:
         self._clients()[1].poll(0)  # the dead-letter producer's delivery reports
@@ -146,36 +190,45 @@ class BrokerTransport(PartitionedTransport):
         self._commit_in_background(at_once=self._ledger.unsent() >= self._commit_batch)
 
     def retry(self, delivery: Delivery, delay_seconds: float) -> None:
-        raise NotImplementedError("Kafka retries in place: the runner never asks the broker to")
+        """Produce to the wait topic for `delay_seconds` and wait for the broker's ack, then count the record done."""
+        record: Message = delivery.handle
+        topic, headers = send_to_wait(self._settings, delivery.extra["headers"], delay_seconds, delivery.retries + 1)
+        self._produce([(topic, record, headers)])
+        self._ledger.settled(partition_of(delivery), record.offset() or 0)
 
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         """Produce to the dead-letter topic and wait for the broker's ack, then count the record done."""
-        _, producer = self._clients()
         record: Message = delivery.handle
         partition, offset = record.partition() or 0, record.offset() or 0
+        headers = dead_letter_headers(delivery.extra["headers"], reason, partition, offset, delivery.retries + 1)
+        self._produce([(self._settings.dead_letter_queue, record, [*headers])])
+        logger.info("dead-lettered offset %d of partition %d: %s", offset, partition, reason)
+        self._ledger.settled(partition_of(delivery), offset)
+
+    def _produce(self, records: Sequence[tuple[str, Message, Sequence[tuple[str, bytes | None]]]]) -> None:
+        """Copies of `records` (their key and value) to the topics given, with the headers given;
+        returns once the broker acknowledged every one, raises otherwise."""
+        _, producer = self._clients()
         failures: list[KafkaError] = []
 
         def on_delivery(error: KafkaError | None, _: Message) -> None:
             if error is not None:
                 failures.append(error)
 
-        headers = dead_letter_headers(delivery.extra["headers"], reason, partition, offset, delivery.retries + 1)
-        dead_headers: list[tuple[str, str | bytes | None]] = [*headers]
-        try:
-            producer.produce(
-                topic=self._settings.dead_letter_queue,
-                value=record.value(),
-                key=record.key(),
-                headers=dead_headers,
-                on_delivery=on_delivery,
-            )
-        except BufferError as error:
-            raise KafkaException(KafkaError(KafkaError._QUEUE_FULL, str(error))) from error
-        if producer.flush(DEAD_LETTER_TIMEOUT_SECONDS + 5) or failures:
+        for topic, record, headers in records:
+            produced: list[tuple[str, str | bytes | None]] = [*headers]
+            try:
+                producer.produce(
+                    topic=topic, value=record.value(), key=record.key(), headers=produced, on_delivery=on_delivery
+                )
+            except BufferError as error:
+                raise KafkaException(KafkaError(KafkaError._QUEUE_FULL, str(error))) from error
+        if producer.flush(PRODUCE_TIMEOUT_SECONDS + 5) or failures:
             cause = failures[0] if failures else "no acknowledgement in time"
-            raise KafkaException(f"could not dead-letter offset {offset} of partition {partition}: {cause}")
-        logger.info("dead-lettered offset %d of partition %d: %s", offset, partition, reason)
-        self._ledger.settled(partition_of(delivery), offset)
+            first = records[0][1]
+            raise KafkaException(
+                f"could not pass on offset {first.offset()} of {first.topic()} [{first.partition()}]: {cause}"
+            )
 
     def close(self) -> None:
         consumer, producer = self._consumer, self._producer
@@ -250,8 +303,9 @@ class BrokerTransport(PartitionedTransport):
 
     def _on_assign(self, _: Consumer, partitions: list[TopicPartition]) -> None:
         self._assigned = True
-        self._ledger.assigned((tp.topic, tp.partition) for tp in partitions)
-        logger.info("assigned partitions %s", sorted(tp.partition for tp in partitions))
+        keys = {(tp.topic, tp.partition) for tp in partitions}
+        self._ledger.assigned(keys)
+        logger.info("assigned partitions %s", assignment(self._settings, keys))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Runs inside consume(), between fetches: commit what was done before the partitions move on."""
@@ -261,11 +315,13 @@ class BrokerTransport(PartitionedTransport):
         finally:
             self._assigned = False
             self._ledger.revoked(keys)
-        logger.info("partitions %s revoked", sorted(partition for _, partition in keys))
+            self._holds.revoked(keys)
+        logger.info("partitions %s revoked", assignment(self._settings, keys))
 
     def _on_lost(self, _: Consumer, partitions: list[TopicPartition]) -> None:
         """Taken away without a goodbye (the session timed out): a commit would fail; their new owner reads again."""
         keys = {(tp.topic, tp.partition) for tp in partitions}
         self._assigned = False
         self._ledger.revoked(keys)
-        logger.warning("partitions %s lost", sorted(partition for _, partition in keys))
+        self._holds.revoked(keys)
+        logger.warning("partitions %s lost", assignment(self._settings, keys))

@@ -14,8 +14,10 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from ...messages import TaskMessage, encode
 from ..base import BrokerUnavailable
+from .records import record_headers
 from .threaded_config import producer_config
 from .threaded_topics import POLL_SECONDS, TopicCreation
+from .waits import send_to_wait
 
 if TYPE_CHECKING:
     from ...settings import Settings
@@ -45,7 +47,7 @@ class BrokerPublisher:
     async def start(self) -> None:
         self._thread.start()
 
-    async def publish(self, message: TaskMessage, headers: Mapping[str, str]) -> None:
+    async def publish(self, message: TaskMessage, headers: Mapping[str, str], delay_seconds: float = 0.0) -> None:
         delivered: Future[None] = Future()
         # Running from the start: a caller that gives up cannot cancel it under the delivery report's feet.
         delivered.set_running_or_notify_cancel()
@@ -58,13 +60,16 @@ class BrokerPublisher:
             if error.code() == KafkaError.PRODUCER_FENCED:
                 self._on_fatal(error)  # a fenced producer never sends again
 
-        record_headers: list[tuple[str, str | bytes | None]] = [(key, value.encode()) for key, value in headers.items()]
+        topic, sent_headers = self._settings.queue_name, record_headers(headers)
+        if delay_seconds > 0:
+            topic, sent_headers = send_to_wait(self._settings, sent_headers, delay_seconds)
+        produced: list[tuple[str, str | bytes | None]] = [*sent_headers]
         try:
             self._producer.produce(
-                topic=self._settings.queue_name,
+                topic=topic,
                 value=encode(message),
                 key=message.id,
-                headers=record_headers,
+                headers=produced,
                 on_delivery=on_delivery,
             )
         except BufferError as error:

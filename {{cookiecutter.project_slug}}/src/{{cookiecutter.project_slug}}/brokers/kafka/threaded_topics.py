@@ -1,4 +1,4 @@
-"""Creating the task and dead-letter topics with confluent-kafka's admin client: in steps that
+"""Creating the service's topics with confluent-kafka's admin client: in steps that
 never block, for the publisher's thread (it keeps polling its producer meanwhile), or waiting a
 bounded time, for the consumer's transport as it opens."""
 
@@ -16,6 +16,7 @@ from confluent_kafka.cimpl import NewTopic  # where the stubs declare it; conflu
 
 from ..base import Backoff
 from .threaded_config import client_config
+from .waits import topics
 
 if TYPE_CHECKING:
     from ...settings import Settings
@@ -27,14 +28,14 @@ POLL_SECONDS = 0.1
 
 
 def start_creating_topics(settings: Settings) -> tuple[AdminClient, dict[str, Future[Any]]]:
-    """Ask for the task and dead-letter topics; the admin client must outlive the futures it resolves."""
+    """Ask for the service's topics; the admin client must outlive the futures it resolves."""
     admin = AdminClient(client_config(settings, "admin"))
-    topics = [
+    wanted = [
         NewTopic(name, num_partitions=settings.topic_partitions, replication_factor=settings.topic_replication)
-        for name in (settings.queue_name, settings.dead_letter_queue)
+        for name in topics(settings)
     ]
     futures = admin.create_topics(
-        topics, request_timeout=ADMIN_TIMEOUT_SECONDS, operation_timeout=ADMIN_TIMEOUT_SECONDS
+        wanted, request_timeout=ADMIN_TIMEOUT_SECONDS, operation_timeout=ADMIN_TIMEOUT_SECONDS
     )
     return admin, futures
 
@@ -87,4 +88,4 @@ class TopicCreation:
             self._next_attempt = time.monotonic() + self._backoff.next_delay()
         else:
             self.done = True
-            logger.info("topics %r and %r are there", self._settings.queue_name, self._settings.dead_letter_queue)
+            logger.info("topic %r, its dead letters and its wait topics are there", self._settings.queue_name)

@@ -82,8 +82,8 @@ class MemoryPublisher:
             "for a first look only, point BROKER_URL at the broker for anything else"
         )
 
-    async def publish(self, message: TaskMessage, headers: Mapping[str, str]) -> None:
-        self._queue.put(Delivery(encode(message), dict(headers), 0, None))
+    async def publish(self, message: TaskMessage, headers: Mapping[str, str], delay_seconds: float = 0.0) -> None:
+        self._queue.put(Delivery(encode(message), dict(headers), 0, None), delay_seconds)
 
     async def ping(self) -> None:
         """Always there: it is this process."""
@@ -97,7 +97,6 @@ class MemoryTransport:
     of the queue; a dead letter is kept in memory (and logged by the processor)."""
 
     errors: tuple[type[BaseException], ...] = ()
-    retry_in_place = False
     finish_unstarted = True  # what is not handled before the process stops is lost: handle it
     handlers_may_hold_thread = True  # no connection to serve
 

@@ -14,7 +14,6 @@ class BrokerTransport:
     """MemoryTransport's calls, as the asyncio runner awaits them."""
 
     errors: tuple[type[BaseException], ...] = ()
-    retry_in_place = False
     finish_unstarted = True
 
     def __init__(self, transport: MemoryTransport) -> None:

@@ -12,20 +12,18 @@ from typing import TYPE_CHECKING, Any
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
-from aio_pika.exceptions import CONNECTION_EXCEPTIONS, AMQPConnectionError, DeliveryError, PublishError
+from aio_pika.exceptions import CONNECTION_EXCEPTIONS, AMQPConnectionError, AMQPError, DeliveryError, PublishError
 
 from ...messages import CONTENT_TYPE, TaskMessage, encode
 from ...runner_asynchronous import connect_in_background
 from ..base import BrokerUnavailable, Delivery, text_headers
 from .topology import (
+    WaitQueues,
     copied_properties,
     dead_letter_headers,
     queue_arguments,
     retried_headers,
     retries_of,
-    wait_queue,
-    wait_queue_arguments,
-    wait_tier_ms,
 )
 
 if TYPE_CHECKING:
@@ -67,6 +65,7 @@ class BrokerPublisher:
         self._connection: aio_pika.abc.AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None
         self._connecting: asyncio.Task[None] | None = None
+        self._wait_queues = WaitQueues(settings)  # the robust channel declares them again after a reconnect
 
     async def start(self) -> None:
         what = f"publisher ({self._settings.broker_address})"
@@ -99,8 +98,11 @@ class BrokerPublisher:
             raise BrokerUnavailable(f"not connected to RabbitMQ at {self._settings.broker_address}")
         return channel
 
-    async def publish(self, message: TaskMessage, headers: Mapping[str, str]) -> None:
+    async def publish(self, message: TaskMessage, headers: Mapping[str, str], delay_seconds: float = 0.0) -> None:
         channel = self._ready_channel()
+        routing_key = self._settings.queue_name
+        if delay_seconds > 0:
+            routing_key = await self._wait_queue(channel, delay_seconds)
         outgoing = aio_pika.Message(
             encode(message),
             content_type=CONTENT_TYPE,
@@ -111,12 +113,10 @@ class BrokerPublisher:
         )
         try:
             await channel.default_exchange.publish(
-                outgoing,
-                routing_key=self._settings.queue_name,
-                mandatory=True,
-                timeout=self._settings.publish_timeout_seconds,
+                outgoing, routing_key=routing_key, mandatory=True, timeout=self._settings.publish_timeout_seconds
             )
         except (DeliveryError, PublishError) as error:
+            self._wait_queues.clear()  # a wait queue deleted meanwhile is declared again next time
             raise BrokerUnavailable(f"RabbitMQ refused the message: {error!r}") from error
         except (TimeoutError, *CONNECTION_EXCEPTIONS) as error:
             raise BrokerUnavailable(f"RabbitMQ did not confirm the message: {error!r}") from error
@@ -125,6 +125,19 @@ class BrokerPublisher:
                 raise  # our caller gave up: a timeout, or shutdown
             # aiormq cancels the confirms it still awaits when it closes a connection (e.g. a stuck one).
             raise BrokerUnavailable("the connection closed before RabbitMQ confirmed the message") from error
+
+    async def _wait_queue(self, channel: AbstractChannel, delay_seconds: float) -> str:
+        """Where a delayed task waits, declared on first use."""
+        name, arguments = self._wait_queues.route(delay_seconds)
+        if arguments is not None:
+            try:
+                await channel.declare_queue(
+                    name, durable=True, arguments=arguments, timeout=self._settings.publish_timeout_seconds
+                )
+            except (TimeoutError, AMQPError, *CONNECTION_EXCEPTIONS) as error:
+                raise BrokerUnavailable(f"RabbitMQ did not declare the wait queue {name!r}: {error!r}") from error
+            self._wait_queues.declared(name)
+        return name
 
     async def ping(self) -> None:
         channel = self._ready_channel()
@@ -146,7 +159,6 @@ class BrokerTransport:
     deliveries wait in a local queue, bounded by the prefetch, until the runner fetches them."""
 
     errors = ERRORS
-    retry_in_place = False  # a retry is republished to the back of the queue
     finish_unstarted = False  # what is not acknowledged goes back to the queue as the connection closes
 
     def __init__(self, settings: Settings) -> None:
@@ -158,7 +170,7 @@ class BrokerTransport:
         self._consumer_tag: str | None = None
         # Delivered, not yet fetched; None: the connection closed.
         self._received: asyncio.Queue[AbstractIncomingMessage | None] = asyncio.Queue()
-        self._wait_queues: set[str] = set()  # declared on this connection
+        self._wait_queues = WaitQueues(settings)
 
     async def open(self) -> str:
         self._received = asyncio.Queue()
@@ -215,16 +227,12 @@ class BrokerTransport:
 
     async def _wait_queue(self, delay_seconds: float) -> str:
         """Where a retry waits `delay_seconds`, declared on first use (the task queue: no wait)."""
-        ttl_ms = wait_tier_ms(delay_seconds)
-        if ttl_ms is None:
-            return self._settings.queue_name
-        name = wait_queue(self._settings, ttl_ms)
-        if name not in self._wait_queues:
+        name, arguments = self._wait_queues.route(delay_seconds)
+        if arguments is not None:
             if self._channel is None:
                 raise AMQPConnectionError("the consumer's channel is closed")
-            arguments = wait_queue_arguments(self._settings, ttl_ms)
             await self._channel.declare_queue(name, durable=True, arguments=arguments)
-            self._wait_queues.add(name)
+            self._wait_queues.declared(name)
         return name
 
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:

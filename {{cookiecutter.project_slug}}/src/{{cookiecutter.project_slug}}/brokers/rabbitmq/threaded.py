@@ -28,14 +28,12 @@ from ...runner_threaded import keep_connected
 from ..base import BrokerUnavailable, Delivery, text_headers
 from .acks import AckWindow
 from .topology import (
+    WaitQueues,
     copied_properties,
     dead_letter_headers,
     queue_arguments,
     retried_headers,
     retries_of,
-    wait_queue,
-    wait_queue_arguments,
-    wait_tier_ms,
 )
 
 if TYPE_CHECKING:
@@ -73,6 +71,7 @@ class Request:
 
     body: bytes
     properties: BasicProperties
+    delay_seconds: float = 0.0
 
 
 def close_quietly(connection: BlockingConnection | None) -> None:
@@ -103,6 +102,8 @@ class BrokerPublisher:
         self._unconfirmed: dict[int, tuple[str, Future[None]]] = {}  # delivery tag: (message id, future)
         self._returned: set[str] = set()  # ids of messages no queue took, until their confirm
         self._pings: collections.deque[Future[None]] = collections.deque()
+        self._wait_queues = WaitQueues(settings)
+        self._declaring: list[Future[None]] = []  # publishes waiting for their wait queue's declare
         self._connected: Callable[[], None] = lambda: None  # keep_connected's, for the session that runs
         self._lost: BaseException | None = None  # what closed the session's connection
         self._thread = threading.Thread(target=self._run, name="broker-publisher", daemon=True)
@@ -110,7 +111,7 @@ class BrokerPublisher:
     async def start(self) -> None:
         self._thread.start()
 
-    async def publish(self, message: TaskMessage, headers: Mapping[str, str]) -> None:
+    async def publish(self, message: TaskMessage, headers: Mapping[str, str], delay_seconds: float = 0.0) -> None:
         properties = BasicProperties(
             content_type=CONTENT_TYPE,
             delivery_mode=PERSISTENT,
@@ -119,7 +120,7 @@ class BrokerPublisher:
             timestamp=int(time.time()),
             headers=dict(headers),
         )
-        await self._call(Request(encode(message), properties))
+        await self._call(Request(encode(message), properties, delay_seconds))
 
     async def ping(self) -> None:
         await self._call(None)
@@ -214,6 +215,7 @@ class BrokerPublisher:
     def _on_ready(self, channel: Channel) -> None:
         self._channel = channel
         self._delivery_tag = 0
+        self._wait_queues.clear()
         self._ready.set()
         self._connected()
         logger.info("publisher connected to %s", self._settings.broker_address)
@@ -242,11 +244,32 @@ class BrokerPublisher:
             elif request is None:
                 self._pings.append(future)
                 channel.queue_declare(self._settings.queue_name, passive=True, callback=self._on_pong)
+            elif request.delay_seconds > 0:
+                self._publish_to_wait(channel, request, future)
             else:
-                # mandatory: a message no queue takes is returned (then confirmed): an error, in _on_confirm.
-                channel.basic_publish("", self._settings.queue_name, request.body, request.properties, mandatory=True)
-                self._delivery_tag += 1
-                self._unconfirmed[self._delivery_tag] = (request.properties.message_id, future)
+                self._publish(channel, self._settings.queue_name, request, future)
+
+    def _publish(self, channel: Channel, routing_key: str, request: Request, future: Future[None]) -> None:
+        # mandatory: a message no queue takes is returned (then confirmed): an error, in _on_confirm.
+        channel.basic_publish("", routing_key, request.body, request.properties, mandatory=True)
+        self._delivery_tag += 1
+        self._unconfirmed[self._delivery_tag] = (request.properties.message_id, future)
+
+    def _publish_to_wait(self, channel: Channel, request: Request, future: Future[None]) -> None:
+        """A delayed task goes to its wait queue, declared first on this channel's first use of it."""
+        name, arguments = self._wait_queues.route(request.delay_seconds)
+        if arguments is None:
+            self._publish(channel, name, request, future)
+            return
+
+        def declared(_: Any) -> None:
+            self._wait_queues.declared(name)
+            if future in self._declaring:  # else failed meanwhile, with the channel
+                self._declaring.remove(future)
+                self._publish(channel, name, request, future)
+
+        self._declaring.append(future)
+        channel.queue_declare(name, durable=True, arguments=arguments, callback=declared)
 
     def _on_pong(self, _frame: Any) -> None:
         if self._pings:
@@ -278,9 +301,10 @@ class BrokerPublisher:
 
     def _fail_all(self, reason: str) -> None:
         """Every request in flight or waiting fails: its caller answers 503 at once."""
-        failed = [future for _, future in self._unconfirmed.values()] + list(self._pings)
+        failed = [future for _, future in self._unconfirmed.values()] + list(self._pings) + self._declaring
         self._unconfirmed.clear()
         self._pings.clear()
+        self._declaring = []
         self._returned.clear()
         while self._waiting:
             _, future = self._waiting.popleft()
@@ -305,7 +329,6 @@ class BrokerTransport:
     acknowledgements go as one multiple ack for each unbroken run of handled tags (acks.py)."""
 
     errors = ERRORS
-    retry_in_place = False  # a retry is republished to the back of the queue
     finish_unstarted = False  # what is not acknowledged goes back to the queue as the connection closes
     # pika sends heartbeats from the consumer's thread only: a long handler there would lose the connection.
     handlers_may_hold_thread = False
@@ -319,7 +342,7 @@ class BrokerTransport:
         self._consumer_tag: str | None = None
         self._received: collections.deque[Delivery] = collections.deque()  # delivered, not yet fetched
         self._acks = AckWindow()
-        self._wait_queues: set[str] = set()  # declared on this connection
+        self._wait_queues = WaitQueues(settings)
 
     def open(self) -> str:
         self._connection = BlockingConnection(self._parameters)
@@ -383,14 +406,10 @@ class BrokerTransport:
 
     def _wait_queue(self, delay_seconds: float) -> str:
         """Where a retry waits `delay_seconds`, declared on first use (the task queue: no wait)."""
-        ttl_ms = wait_tier_ms(delay_seconds)
-        if ttl_ms is None:
-            return self._settings.queue_name
-        name = wait_queue(self._settings, ttl_ms)
-        if name not in self._wait_queues:
-            arguments = wait_queue_arguments(self._settings, ttl_ms)
+        name, arguments = self._wait_queues.route(delay_seconds)
+        if arguments is not None:
             self._open_channel().queue_declare(name, durable=True, arguments=arguments)
-            self._wait_queues.add(name)
+            self._wait_queues.declared(name)
         return name
 
     def dead_letter(self, delivery: Delivery, reason: str) -> None:

@@ -50,10 +50,14 @@ class BrokerPublisher:
     async def start(self) -> None:
         """Nothing to do: connections are made on first use, and the consumers declare the group."""
 
-    async def publish(self, message: TaskMessage, headers: Mapping[str, str]) -> None:
-        fields = streams.publish_fields(encode(message), headers)
+    async def publish(self, message: TaskMessage, headers: Mapping[str, str], delay_seconds: float = 0.0) -> None:
+        body = encode(message)
         try:
-            await self._client.xadd(self._settings.queue_name, fields)
+            if delay_seconds > 0:
+                arguments = streams.delay_arguments(self._settings, body, headers, message.id, delay_seconds)
+                await self._client.eval(*arguments)
+            else:
+                await self._client.xadd(self._settings.queue_name, streams.publish_fields(body, headers))
         except RedisError as error:
             raise BrokerUnavailable(f"Redis at {self._settings.broker_address} failed: {error!r}") from error
 

@@ -35,13 +35,16 @@ IDLE_BLOCK_MILLISECONDS = 1000  # XREADGROUP's longest wait; shorter than the so
 MOVE_INTERVAL_SECONDS = 0.5  # how often a consumer looks for due retries (other workers add some too)
 MOVE_BATCH = 100  # due retries moved back into the stream by one script call at most
 
-# KEYS: the delayed set, the stream. ARGV: the delay (ms), the member, the group, the entry id.
-WAIT_SCRIPT = """
+# KEYS[1]: the delayed set. ARGV[1]: the delay (ms), ARGV[2]: the member. Due by Redis's clock.
+_ADD_DELAYED = """
 local now = redis.call('TIME')
 local due = now[1] * 1000 + math.floor(now[2] / 1000) + tonumber(ARGV[1])
 redis.call('ZADD', KEYS[1], due, ARGV[2])
-return redis.call('XACK', KEYS[2], ARGV[3], ARGV[4])
 """
+# A delayed task. KEYS: the delayed set. ARGV: the delay (ms), the member.
+DELAY_SCRIPT = _ADD_DELAYED + "return 1\n"
+# A retry. KEYS: the delayed set, the stream. ARGV: the delay (ms), the member, the group, the entry id.
+WAIT_SCRIPT = _ADD_DELAYED + "return redis.call('XACK', KEYS[2], ARGV[3], ARGV[4])\n"
 # KEYS: the delayed set, the stream. ARGV: how many at most. Returns {moved, ms until the next is due or -1}.
 MOVE_SCRIPT = """
 local now = redis.call('TIME')
@@ -115,11 +118,14 @@ def retry_backoff() -> ExponentialBackoff:
     return ExponentialBackoff(cap=0.5, base=0.05)
 
 
+def task_fields(body: bytes, headers: Mapping[str, str]) -> dict[bytes, bytes]:
+    """A new task's entry: the JSON in `body`; each header in a field of its own."""
+    return {**{key.encode(): value.encode() for key, value in headers.items()}, BODY_FIELD: body}
+
+
 def publish_fields(body: bytes, headers: Mapping[str, str]) -> Fields:
-    """The JSON in `body`; each header in a field of its own."""
-    fields: Fields = {key.encode(): value.encode() for key, value in headers.items()}
-    fields[BODY_FIELD] = body
-    return fields
+    """A new task's entry, as XADD takes it."""
+    return dict(task_fields(body, headers).items())
 
 
 def dead_letter_fields(fields: Mapping[bytes, bytes], entry_id: bytes, reason: str, deliveries: int) -> Fields:
@@ -132,12 +138,26 @@ def dead_letter_fields(fields: Mapping[bytes, bytes], entry_id: bytes, reason: s
     }
 
 
-def delayed_member(fields: Mapping[bytes, bytes], entry_id: bytes, retries: int) -> str:
-    """What the delayed set holds for one retry: the entry's fields, with its retries counted, as
-    the flat list XADD takes. Unique: the entry it came from (a retry is a new entry each time)."""
-    kept = {**fields, RETRIES_FIELD: str(retries).encode()}
+def delayed_member(fields: Mapping[bytes, bytes], origin: str, retries: int | None = None) -> str:
+    """What the delayed set holds for one retry or delayed task: its fields (for a retry, with its
+    retries counted), as the flat list XADD takes. Unique: `origin`, the entry a retry came from (a
+    retry is a new entry each time) or a new task's id."""
+    kept = {**fields} if retries is None else {**fields, RETRIES_FIELD: str(retries).encode()}
     flat = [part.decode() for key, value in kept.items() for part in (key, value)]
-    return json.dumps({"from": entry_id.decode(), "fields": flat})
+    return json.dumps({"from": origin, "fields": flat})
+
+
+def delayed_set(settings: Settings) -> str:
+    """Where retries and delayed tasks wait: a sorted set, scored by when each is due."""
+    return f"{settings.queue_name}.delayed"
+
+
+def delay_arguments(
+    settings: Settings, body: bytes, headers: Mapping[str, str], task_id: str, delay_seconds: float
+) -> tuple[Any, ...]:
+    """EVAL's arguments that put a new task in the delayed set, due in `delay_seconds`."""
+    member = delayed_member(task_fields(body, headers), task_id)
+    return (DELAY_SCRIPT, 1, delayed_set(settings), round(delay_seconds * 1000), member)
 
 
 def entries_of(response: Any) -> list[Entry]:
@@ -171,7 +191,7 @@ class StreamConsumer:
 
     @property
     def delayed(self) -> str:
-        return f"{self.stream}.delayed"
+        return delayed_set(self.settings)
 
     def describe(self) -> str:
         return f"{self.stream!r} as {self.name!r} in group {self.group!r}"
@@ -313,7 +333,7 @@ class StreamConsumer:
     def retry(self, delivery: Delivery, delay_seconds: float) -> Steps[None]:
         """Into the delayed set, due in `delay_seconds`, and the original acknowledged, at once."""
         self.in_hand.discard(delivery.handle)
-        member = delayed_member(delivery.extra["fields"], delivery.handle, delivery.retries + 1)
+        member = delayed_member(delivery.extra["fields"], delivery.handle.decode(), delivery.retries + 1)
         delay_ms = max(0, round(delay_seconds * 1000))
         script = call("eval", WAIT_SCRIPT, 2, self.delayed, self.stream, delay_ms, member, self.group, delivery.handle)
         yield Batch([script])
@@ -336,7 +356,6 @@ class StreamTransport:
     """What both Redis transports tell the runner, and the consumer state they share."""
 
     errors: tuple[type[BaseException], ...] = (RedisError,)
-    retry_in_place = False  # a retry waits in the delayed set
     finish_unstarted = True  # what is left pending is claimed again only after CLAIM_IDLE_SECONDS
 
     def __init__(self, settings: Settings, capacity: int) -> None:

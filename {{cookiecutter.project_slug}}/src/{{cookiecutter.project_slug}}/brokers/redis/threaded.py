@@ -56,9 +56,14 @@ class BrokerPublisher:
         except redis.RedisError as error:
             raise BrokerUnavailable(f"Redis at {self._settings.broker_address} failed: {error!r}") from error
 
-    async def publish(self, message: TaskMessage, headers: Mapping[str, str]) -> None:
-        fields = streams.publish_fields(encode(message), headers)
-        await self._call(functools.partial(self._client.xadd, self._settings.queue_name, fields))
+    async def publish(self, message: TaskMessage, headers: Mapping[str, str], delay_seconds: float = 0.0) -> None:
+        body = encode(message)
+        if delay_seconds > 0:
+            arguments = streams.delay_arguments(self._settings, body, headers, message.id, delay_seconds)
+            await self._call(functools.partial(self._client.eval, *arguments))
+        else:
+            fields = streams.publish_fields(body, headers)
+            await self._call(functools.partial(self._client.xadd, self._settings.queue_name, fields))
 
     async def ping(self) -> None:
         await self._call(functools.partial(self._client.ping))

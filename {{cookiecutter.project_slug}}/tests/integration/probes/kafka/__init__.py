@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from {{ cookiecutter.project_slug }}.brokers.kafka.waits import wait_topics
 from {{ cookiecutter.project_slug }}.settings import Settings
 
 from ...tcp_proxy import TcpProxy
@@ -85,5 +86,5 @@ def shares_settled(logs: Sequence[Path]) -> bool:
 
 
 def waiting_places(settings: Settings) -> list[str]:
-    """Kafka retries in place: nothing waits elsewhere."""
-    return []
+    """The wait topics of retries and delayed tasks."""
+    return wait_topics(settings)

@@ -88,20 +88,20 @@ class Probe:
         finally:
             await consumer.stop()
 
-    def count(self, topic: str) -> int:
-        """Records not yet committed by the service's consumer group, counted by reading them."""
+    def count(self, topic: str, group: str = "") -> int:
+        """Records `group` (by default `<topic>.workers`) has not committed, counted by reading them."""
 
         async def count() -> int:
             # A member of the group that never joins it: it only asks for the committed offsets.
-            group = AIOKafkaConsumer(bootstrap_servers=self._servers, group_id=f"{topic}.workers")
-            await group.start()
+            member = AIOKafkaConsumer(bootstrap_servers=self._servers, group_id=group or f"{topic}.workers")
+            await member.start()
             try:
-                if topic not in await group.topics():
+                if topic not in await member.topics():
                     raise LookupError(f"no topic {topic!r}")
-                partitions = group.partitions_for_topic(topic) or set()
-                committed = {tp: await group.committed(tp) for tp in (TopicPartition(topic, p) for p in partitions)}
+                partitions = member.partitions_for_topic(topic) or set()
+                committed = {tp: await member.committed(tp) for tp in (TopicPartition(topic, p) for p in partitions)}
             finally:
-                await group.stop()
+                await member.stop()
             start = {tp: offset for tp, offset in committed.items() if offset is not None}
             return len(await self._read(topic, start, until=None))
 

@@ -74,15 +74,15 @@ class Probe:
         group = f"probe-{uuid.uuid4().hex}"
         return Consumer({**self._config, "group.id": group, "enable.auto.commit": False, "enable.partition.eof": True})
 
-    def count(self, topic: str) -> int:
-        """Records not yet committed by the service's consumer group, counted by reading them."""
+    def count(self, topic: str, group: str = "") -> int:
+        """Records `group` (by default `<topic>.workers`) has not committed, counted by reading them."""
         partitions = [TopicPartition(topic, partition) for partition in self._partitions(topic)]
         # In the group, but never joining it: it only asks for the committed offsets.
-        group = Consumer({**self._config, "group.id": f"{topic}.workers", "enable.auto.commit": False})
+        member = Consumer({**self._config, "group.id": group or f"{topic}.workers", "enable.auto.commit": False})
         try:
-            committed = group.committed(partitions, timeout=TIMEOUT_SECONDS)
+            committed = member.committed(partitions, timeout=TIMEOUT_SECONDS)
         finally:
-            group.close()
+            member.close()
         starts = [
             TopicPartition(topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_BEGINNING) for tp in committed
         ]

@@ -21,7 +21,7 @@ class NullPublisher:
     async def start(self) -> None:
         pass
 
-    async def publish(self, message: Any, headers: Mapping[str, str]) -> None:
+    async def publish(self, message: Any, headers: Mapping[str, str], delay_seconds: float = 0.0) -> None:
         pass
 
     async def ping(self) -> None:

@@ -4,7 +4,7 @@ the consumer that held them."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 import redis
 from fastapi.testclient import TestClient
@@ -127,3 +127,26 @@ def test_acknowledgements_ride_on_the_next_read_and_survive_a_failed_one(setting
     assert probe.count(settings.queue_name) == 0
     assert consumer.unsent_acks == []
     client.close()
+
+
+def test_delayed_tasks_wait_in_the_delayed_set_and_the_gauge_counts_them(
+    settings: Settings, registry: TaskRegistry, recorder: Recorder
+) -> None:
+    client_of_redis = redis.Redis.from_url(settings.broker_url)
+    with TestClient(create_app(settings, registry=registry)) as client:
+        wait_ready(client)
+        task = {"type": "record", "payload": {}, "delay_seconds": 60}
+        ids = [client.post("/tasks", json=task).json()["id"] for _ in range(3)]
+        raw = cast("list[bytes]", client_of_redis.zrange(f"{settings.queue_name}.delayed", 0, -1))
+        members = [json.loads(member) for member in raw]
+        assert sorted(member["from"] for member in members) == sorted(ids)
+        for member in members:  # the entry's fields, flat as XADD takes them
+            fields = dict(zip(member["fields"][::2], member["fields"][1::2], strict=True))
+            assert json.loads(fields["body"])["id"] == member["from"]
+
+        def counted() -> bool:
+            return "tasks_waiting 3.0" in client.get("/metrics").text
+
+        assert eventually(counted)
+    assert recorder.started == []  # none started before its time
+    client_of_redis.close()

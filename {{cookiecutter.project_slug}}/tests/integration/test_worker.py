@@ -1,23 +1,28 @@
 """`python -m {{ cookiecutter.project_slug }}.worker` as operators run it: it consumes, stops cleanly
-on SIGTERM, and a worker stopped mid-stream, gracefully or with SIGKILL, loses nothing once
-another one runs."""
+on SIGTERM, and a worker stopped mid-stream, gracefully or with SIGKILL, or killed while tasks
+wait on the broker, loses nothing once another one runs."""
 
 from __future__ import annotations
 
 import re
 import signal
+import time
 import urllib.request
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
 from {{ cookiecutter.project_slug }}.settings import Settings
+from {{ cookiecutter.project_slug }}.tasks import TaskRegistry
 
-from .helpers import HANDLED, eventually, free_port, http_status, image_task, queue_exists, start_worker
+from .helpers import HANDLED, eventually, free_port, http_status, image_task, queue_exists, running, start_worker
 from .probes import Probe
 from .tally import tally
 
 SCENARIOS = {signal.SIGKILL: "4 worker SIGKILLed mid-stream", signal.SIGTERM: "7 worker SIGTERMed mid-stream"}
+# The example handler's line, with its time: "2026-01-01 12:00:00,123 INFO ... [task=<id> ...] processing image".
+STARTED = re.compile(r"^(\S+ \S+) .*\[task=(\S+) [^\]]*\] processing image", re.MULTILINE)
 
 
 def test_the_worker_processes_a_task_and_exits_cleanly_on_sigterm(
@@ -110,3 +115,46 @@ def test_a_worker_stopped_mid_stream_loses_nothing(
     else:  # what was in hand finished and was acknowledged before the worker left
         assert first.returncode == 0, first_log.read_text()
         assert result.duplicates == 0
+
+
+def starts(log: str) -> dict[str, float]:
+    """When each task's handler first started, by the worker's log (Unix time)."""
+    found: dict[str, float] = {}
+    for at, task_id in STARTED.findall(log):
+        found.setdefault(task_id, datetime.strptime(at, "%Y-%m-%d %H:%M:%S,%f").timestamp())
+    return found
+
+
+def test_a_worker_killed_while_tasks_wait_loses_none_and_they_start_on_time(
+    settings: Settings, registry: TaskRegistry, tmp_path: Path
+) -> None:
+    delay = 8.0
+    first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
+    first_port, second_port = free_port(), free_port()
+    first = start_worker(settings, first_log, metrics_port=first_port)
+    assert eventually(lambda: http_status(first_port, "/health/ready") == 200, timeout=30), first_log.read_text()
+    task = {"type": "process_image", "payload": {"image_url": "https://example.com/a.png"}, "delay_seconds": delay}
+    with running(settings.model_copy(update={"consumer_enabled": False}), registry) as client:
+        assert eventually(lambda: client.get("/health/ready").status_code == 200)
+        posted = [(time.time(), client.post("/tasks", json=task)) for _ in range(20)]
+    assert [response.status_code for _, response in posted] == [202] * 20
+    sent = [response.json()["id"] for _, response in posted]
+    first.kill()  # while every task waits: no drain, no goodbye
+    first.wait(timeout=30)
+    assert time.time() < posted[0][0] + delay, "the tasks were due before the worker was killed"
+    second = start_worker(settings, second_log, metrics_port=second_port)
+    try:
+        assert eventually(lambda: http_status(second_port, "/health/ready") == 200, timeout=30)
+        ready = time.time()
+        assert eventually(lambda: set(starts(second_log.read_text())) >= set(sent), timeout=60)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.wait(timeout=30)
+    runs = HANDLED.findall(first_log.read_text() + second_log.read_text())
+    result = tally("10 worker SIGKILLed while tasks wait", sent, runs)
+    assert (result.lost, result.duplicates) == (0, 0)
+    started = starts(second_log.read_text())
+    for (at, _), task_id in zip(posted, sent, strict=True):
+        assert started[task_id] >= at + delay - 0.02, "a delayed task started early"
+        # On time, unless the worker was not back by then: then as soon as it is.
+        assert started[task_id] <= max(at + 1.2 * delay + 1, ready + 3), started[task_id] - at

@@ -10,6 +10,7 @@ on each connection when first used."""
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
 
 RETRIES_HEADER = "x-retries"
 REASON_HEADER = "x-dead-letter-reason"
+DEAD_LETTERED_AT_HEADER = "x-dead-lettered-at"  # Unix time, in seconds
 
 
 def queue_arguments(settings: Settings) -> dict[str, Any]:
@@ -102,4 +104,4 @@ def copied_properties(original: Any, headers: Mapping[str, Any]) -> dict[str, An
 
 
 def dead_letter_headers(headers: Mapping[str, Any] | None, reason: str) -> dict[str, Any]:
-    return {**(headers or {}), REASON_HEADER: reason}
+    return {**(headers or {}), REASON_HEADER: reason, DEAD_LETTERED_AT_HEADER: int(time.time())}

@@ -16,6 +16,7 @@ from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+from prometheus_client import Gauge
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 from redis.typing import EncodableT, FieldT
@@ -45,7 +46,8 @@ redis.call('ZADD', KEYS[1], due, ARGV[2])
 DELAY_SCRIPT = _ADD_DELAYED + "return 1\n"
 # A retry. KEYS: the delayed set, the stream. ARGV: the delay (ms), the member, the group, the entry id.
 WAIT_SCRIPT = _ADD_DELAYED + "return redis.call('XACK', KEYS[2], ARGV[3], ARGV[4])\n"
-# KEYS: the delayed set, the stream. ARGV: how many at most. Returns {moved, ms until the next is due or -1}.
+# KEYS: the delayed set, the stream. ARGV: how many at most.
+# Returns {moved, ms until the next is due or -1, how many still wait}.
 MOVE_SCRIPT = """
 local now = redis.call('TIME')
 local now_ms = now[1] * 1000 + math.floor(now[2] / 1000)
@@ -56,13 +58,17 @@ for _, member in ipairs(due) do
 end
 local moved = #due
 local head = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local waiting = redis.call('ZCARD', KEYS[1])
 if head[2] then
-  return {moved, math.max(0, tonumber(head[2]) - now_ms)}
+  return {moved, math.max(0, tonumber(head[2]) - now_ms), waiting}
 end
-return {moved, -1}
+return {moved, -1, waiting}
 """
 # The client logs every reconnect attempt at length; ours say it once.
 CLIENT_LOGGERS = ("redis",)
+TASKS_WAITING = Gauge(
+    "tasks_waiting", "Retries and delayed tasks waiting in the delayed set, as this consumer last counted them."
+)
 
 
 @dataclass(frozen=True)
@@ -128,13 +134,16 @@ def publish_fields(body: bytes, headers: Mapping[str, str]) -> Fields:
     return dict(task_fields(body, headers).items())
 
 
-def dead_letter_fields(fields: Mapping[bytes, bytes], entry_id: bytes, reason: str, deliveries: int) -> Fields:
-    """The original body, untouched, with why and where it came from."""
+def dead_letter_fields(
+    fields: Mapping[bytes, bytes], entry_id: bytes, reason: str, deliveries: int, attempts: int
+) -> Fields:
+    """The original body, untouched, with why and where it came from, and how often it was tried."""
     return {
         BODY_FIELD: fields.get(BODY_FIELD, b""),
         b"reason": reason.encode(),
         b"source_id": entry_id,
         b"deliveries": str(deliveries).encode(),
+        b"attempts": str(attempts).encode(),
     }
 
 
@@ -242,7 +251,8 @@ class StreamConsumer:
 
     def _moved(self, reply: list[int]) -> None:
         """After the move script: look again when the next retry is due, or a little later anyway."""
-        count, next_due_ms = reply
+        count, next_due_ms, waiting = reply
+        TASKS_WAITING.set(waiting)
         wait = MOVE_INTERVAL_SECONDS if next_due_ms < 0 else min(MOVE_INTERVAL_SECONDS, next_due_ms / 1000)
         self.next_move = time.monotonic() + (0.0 if count >= MOVE_BATCH else wait)
 
@@ -342,7 +352,8 @@ class StreamConsumer:
     def dead_letter(self, delivery: Delivery, reason: str) -> Steps[None]:
         """The dead letter written and the original acknowledged, together or not at all."""
         self.in_hand.discard(delivery.handle)
-        fields = dead_letter_fields(delivery.extra["fields"], delivery.handle, reason, delivery.extra["deliveries"])
+        deliveries = delivery.extra["deliveries"]
+        fields = dead_letter_fields(delivery.extra["fields"], delivery.handle, reason, deliveries, delivery.retries + 1)
         yield Batch(
             [
                 call("xadd", self.settings.dead_letter_queue, fields),

@@ -65,7 +65,7 @@ def test_the_generated_suite_passes_against_the_real_broker(tmp_path: Path, brok
         assert bad not in summary, output
     # Every fault scenario ran and lost nothing.
     tallies = fault_report.read(report)
-    assert {str(t["scenario"]).split()[0] for t in tallies} == {str(n) for n in range(1, 10)}, tallies
+    assert {str(t["scenario"]).split()[0] for t in tallies} == {str(n) for n in range(1, 12)}, tallies
     assert [t for t in tallies if t["lost"]] == []
     # The integration tests ran (were collected and passed), not just the unit tests.
     integration = run(

@@ -82,6 +82,10 @@ class BrokerTransport(PartitionedTransport):
                 "session.timeout.ms": session_ms,
                 "heartbeat.interval.ms": max(1, session_ms // 3),
                 "max.poll.interval.ms": max(MAX_POLL_INTERVAL_MS, session_ms),
+                # A fetch with nothing to return waits this long at most (librdkafka: 500 ms): a broker
+                # that does not answer as soon as records arrive (tansu, over the wait topics'
+                # partitions) otherwise holds a new record that long. At most 10 idle fetches a second.
+                "fetch.wait.max.ms": 100,
                 "on_commit": self._on_commit,
             }
         )

@@ -28,9 +28,19 @@ from .records import (
     fair_share,
     group_id,
     partition_of,
-    record_headers,
 )
-from .waits import Holds, Waiting, now_ms, pass_on, retries_of, send_to_wait, tier_of, topics, wait_topics
+from .waits import (
+    Holds,
+    Waiting,
+    destination,
+    now_ms,
+    pass_on,
+    retries_of,
+    send_to_wait,
+    tier_of,
+    topics,
+    wait_topics,
+)
 
 if TYPE_CHECKING:
     from ...settings import Settings
@@ -127,9 +137,7 @@ class BrokerPublisher:
 
     async def publish(self, message: TaskMessage, headers: Mapping[str, str], delay_seconds: float = 0.0) -> None:
         producer = self._connected()
-        topic, sent_headers = self._settings.queue_name, record_headers(headers)
-        if delay_seconds > 0:
-            topic, sent_headers = send_to_wait(self._settings, sent_headers, delay_seconds)
+        topic, sent_headers = destination(self._settings, headers, delay_seconds)
         try:
             await producer.send_and_wait(
                 topic, value=encode(message), key=message.id.encode(), headers=sent_headers or None

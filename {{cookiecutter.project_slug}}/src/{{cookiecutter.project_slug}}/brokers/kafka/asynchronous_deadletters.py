@@ -11,7 +11,7 @@ from aiokafka.errors import KafkaError
 from ...deadletters import Blocking, DeadLetter, Progress
 from ..base import BrokerUnavailable
 from .asynchronous import make_producer, start_producer
-from .deadletters import Record, letter, steps, tool_group
+from .deadletters import Record, oldest_first, steps, tool_group
 
 if TYPE_CHECKING:
     from ...settings import Settings
@@ -63,8 +63,7 @@ class DeadLetterQueue:
         return sum(len(records) for records in (await self._live()).values())
 
     async def peek(self, limit: int | None) -> list[DeadLetter]:
-        records = sorted((record for records in (await self._live()).values() for record in records), key=by_time)
-        return [letter(record) for record in records[:limit]]
+        return oldest_first(await self._live(), limit)
 
     async def replay(self, ids: set[str] | None, progress: Progress) -> int:
         return await self._carry_out(ids, progress, replay=True)
@@ -128,7 +127,3 @@ class DeadLetterQueue:
 def record_of(record: Any) -> Record:
     headers = [(key, value or b"") for key, value in record.headers or ()]
     return Record(record.partition, record.offset, record.timestamp, record.key, record.value or b"", headers)
-
-
-def by_time(record: Record) -> tuple[int, int, int]:
-    return (record.timestamp_ms, record.partition, record.offset)

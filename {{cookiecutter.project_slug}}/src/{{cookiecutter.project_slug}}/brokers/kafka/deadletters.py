@@ -9,12 +9,12 @@ it produced: a kill in between repeats one record at most."""
 from __future__ import annotations
 {%- set style = "asynchronous" if cookiecutter.consumer == "async" else "threaded" %}
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ...deadletters import DeadLetter, described
-from .records import REASON_HEADER
+from .records import REASON_HEADER, int_header
 from .waits import DUE_HEADER, RETRIES_HEADER
 
 if TYPE_CHECKING:
@@ -58,13 +58,20 @@ def tool_group(settings: Settings) -> str:
 
 
 def letter(record: Record) -> DeadLetter:
-    headers = dict(record.headers)
-    at = headers.get(DEAD_LETTERED_AT_HEADER)
-    when_ms = int(at) if at and at.isdigit() else record.timestamp_ms
-    reason = headers.get(REASON_HEADER, b"").decode(errors="replace")
-    attempts = headers.get("x-attempts", b"0")
+    when_ms = int_header(record.headers, DEAD_LETTERED_AT_HEADER) or record.timestamp_ms
+    reason = dict(record.headers).get(REASON_HEADER, b"").decode(errors="replace")
+    attempts = int_header(record.headers, "x-attempts") or 0
     fallback = f"{record.partition}-{record.offset}"  # partition-offset, for a record that is not a task
-    return described(record.value, fallback, reason, int(attempts) if attempts.isdigit() else 0, when_ms / 1000, record)
+    return described(record.value, fallback, reason, attempts, when_ms / 1000, record)
+
+
+def oldest_first(live: Mapping[int, Sequence[Record]], limit: int | None) -> list[DeadLetter]:
+    """The first `limit` (None: all) of every partition's records, by when they were written."""
+    records = sorted(
+        (record for records in live.values() for record in records),
+        key=lambda record: (record.timestamp_ms, record.partition, record.offset),
+    )
+    return [letter(record) for record in records[:limit]]
 
 
 def replayed_headers(headers: Sequence[tuple[str, bytes]]) -> Headers:

@@ -37,6 +37,14 @@ def assignment(settings: Settings, partitions: Collection[Partition]) -> str:
     return f"{own} and {waits} of the wait topics"
 
 
+def int_header(headers: Iterable[tuple[str, bytes | None]], key: str) -> int | None:
+    """The first `key` header as a whole number; None where missing or mangled."""
+    for name, value in headers:
+        if name == key and value is not None:
+            return int(value) if value.isdigit() else None
+    return None
+
+
 def record_headers(headers: Mapping[str, str]) -> Headers:
     return [(key, value.encode()) for key, value in headers.items()]
 

@@ -46,6 +46,28 @@ def topic_partitions(offsets: dict[Partition, int]) -> list[TopicPartition]:
     return [TopicPartition(topic, partition, offset) for (topic, partition), offset in offsets.items()]
 
 
+Copy = tuple[str, bytes | None, bytes | None, Sequence[tuple[str, bytes | None]]]  # topic, value, key, headers
+
+
+def produce_and_wait(producer: Producer, copies: Sequence[Copy], what: str) -> None:
+    """Produce `copies` and return once the broker acknowledged every one; raise otherwise."""
+    failures: list[KafkaError] = []
+
+    def on_delivery(error: KafkaError | None, _: Message) -> None:
+        if error is not None:
+            failures.append(error)
+
+    for topic, value, key, headers in copies:
+        produced: list[tuple[str, str | bytes | None]] = [*headers]
+        try:
+            producer.produce(topic=topic, value=value, key=key, headers=produced, on_delivery=on_delivery)
+        except BufferError as error:
+            raise KafkaException(KafkaError(KafkaError._QUEUE_FULL, str(error))) from error
+    if producer.flush(PRODUCE_TIMEOUT_SECONDS + 5) or failures:
+        cause = failures[0] if failures else "no acknowledgement in time"
+        raise KafkaException(f"could not pass on {what}: {cause}")
+
+
 class BrokerTransport(PartitionedTransport):
     """The consumer's side: a consumer in the group, and a producer for retries and dead letters."""
 
@@ -213,26 +235,9 @@ class BrokerTransport(PartitionedTransport):
         """Copies of `records` (their key and value) to the topics given, with the headers given;
         returns once the broker acknowledged every one, raises otherwise."""
         _, producer = self._clients()
-        failures: list[KafkaError] = []
-
-        def on_delivery(error: KafkaError | None, _: Message) -> None:
-            if error is not None:
-                failures.append(error)
-
-        for topic, record, headers in records:
-            produced: list[tuple[str, str | bytes | None]] = [*headers]
-            try:
-                producer.produce(
-                    topic=topic, value=record.value(), key=record.key(), headers=produced, on_delivery=on_delivery
-                )
-            except BufferError as error:
-                raise KafkaException(KafkaError(KafkaError._QUEUE_FULL, str(error))) from error
-        if producer.flush(PRODUCE_TIMEOUT_SECONDS + 5) or failures:
-            cause = failures[0] if failures else "no acknowledgement in time"
-            first = records[0][1]
-            raise KafkaException(
-                f"could not pass on offset {first.offset()} of {first.topic()} [{first.partition()}]: {cause}"
-            )
+        copies = [(topic, record.value(), record.key(), headers) for topic, record, headers in records]
+        first = records[0][1]
+        produce_and_wait(producer, copies, f"offset {first.offset()} of {first.topic()} [{first.partition()}]")
 
     def close(self) -> None:
         consumer, producer = self._consumer, self._producer

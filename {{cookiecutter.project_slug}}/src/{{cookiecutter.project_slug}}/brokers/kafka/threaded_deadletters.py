@@ -9,8 +9,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 
 from ...deadletters import DeadLetter, Progress
 from ..base import BrokerUnavailable
-from .deadletters import Record, Step, letter, steps, tool_group
-from .threaded import headers_of
+from .deadletters import Record, oldest_first, steps, tool_group
+from .threaded import headers_of, produce_and_wait
 from .threaded_config import client_config, producer_config
 
 if TYPE_CHECKING:
@@ -56,8 +56,7 @@ class DeadLetterQueue:
         return sum(len(records) for records in self._live().values())
 
     def peek(self, limit: int | None) -> list[DeadLetter]:
-        records = sorted((record for records in self._live().values() for record in records), key=by_time)
-        return [letter(record) for record in records[:limit]]
+        return oldest_first(self._live(), limit)
 
     def replay(self, ids: set[str] | None, progress: Progress) -> int:
         return self._carry_out(ids, progress, replay=True)
@@ -73,9 +72,10 @@ class DeadLetterQueue:
         done = 0
         for records in self._live().values():
             for step in steps(self._settings, records, ids, replay):
-                if step.topic is not None:
-                    self._produce(step.topic, step)
                 record = step.record
+                if step.topic is not None:
+                    copy = (step.topic, record.value, record.key, step.headers)
+                    produce_and_wait(self._producer, [copy], f"offset {record.offset} of partition {record.partition}")
                 self._consumer.commit(
                     offsets=[TopicPartition(self.name, record.partition, record.offset + 1)], asynchronous=False
                 )
@@ -83,21 +83,6 @@ class DeadLetterQueue:
                     done += 1
                     progress(done)
         return done
-
-    def _produce(self, topic: str, step: Step) -> None:
-        """Returns once the broker acknowledged the copy; raises otherwise."""
-        failures: list[KafkaError] = []
-
-        def on_delivery(error: KafkaError | None, _: Message) -> None:
-            if error is not None:
-                failures.append(error)
-
-        headers: list[tuple[str, str | bytes | None]] = [*step.headers]
-        record = step.record
-        self._producer.produce(topic, value=record.value, key=record.key, headers=headers, on_delivery=on_delivery)
-        if self._producer.flush(TIMEOUT_SECONDS + 5) or failures:
-            cause = failures[0] if failures else "no acknowledgement in time"
-            raise KafkaException(f"could not produce offset {record.offset} of partition {record.partition}: {cause}")
 
     def _live(self) -> dict[int, list[Record]]:
         """Each partition's records after the tool's committed offset, read to the partition's end."""
@@ -138,7 +123,3 @@ def record_of(message: Message) -> Record:
         message.value() or b"",
         headers,
     )
-
-
-def by_time(record: Record) -> tuple[int, int, int]:
-    return (record.timestamp_ms, record.partition, record.offset)

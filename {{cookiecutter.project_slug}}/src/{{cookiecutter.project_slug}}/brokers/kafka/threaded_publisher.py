@@ -14,10 +14,9 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from ...messages import TaskMessage, encode
 from ..base import BrokerUnavailable
-from .records import record_headers
 from .threaded_config import producer_config
 from .threaded_topics import POLL_SECONDS, TopicCreation
-from .waits import send_to_wait
+from .waits import destination
 
 if TYPE_CHECKING:
     from ...settings import Settings
@@ -60,9 +59,7 @@ class BrokerPublisher:
             if error.code() == KafkaError.PRODUCER_FENCED:
                 self._on_fatal(error)  # a fenced producer never sends again
 
-        topic, sent_headers = self._settings.queue_name, record_headers(headers)
-        if delay_seconds > 0:
-            topic, sent_headers = send_to_wait(self._settings, sent_headers, delay_seconds)
+        topic, sent_headers = destination(self._settings, headers, delay_seconds)
         produced: list[tuple[str, str | bytes | None]] = [*sent_headers]
         try:
             self._producer.produce(

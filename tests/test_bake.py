@@ -9,9 +9,19 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import DEFAULTS, all_combinations, bake_cached, combination_id, project_env, python_tool, run
+from .conftest import (
+    DEFAULTS,
+    all_combinations,
+    bake_cached,
+    combination_id,
+    every_combination,
+    project_env,
+    python_tool,
+    run,
+)
 
 COMBINATIONS = [pytest.param(answers, id=combination_id(answers)) for answers in all_combinations()]
+EVERY_COMBINATION = [pytest.param(answers, id=combination_id(answers)) for answers in every_combination()]
 
 # What must not appear in a project, in any file's text or path, when an option is not chosen.
 TRACES = {
@@ -26,7 +36,16 @@ TRACES = {
     ("kubernetes", "yes"): r"kubernetes|kubectl|kustomiz|keda",
     ("ci", "github"): r"github",
     ("ci", "gitlab"): r"gitlab",
+    ("task_store", "none"): r"keeps no record of its tasks",
+    ("task_store", "redis"): r"store[/.]redis|RedisStore|TASK_STORE_URL=redis|test_store_redis",
+    ("task_store", "postgresql"): r"postgres|psycopg|\bpg_",
 }
+# What must not appear when the option has the value: a task store's text in a project without one.
+TRACES_OF_THE_VALUE = {
+    ("task_store", "none"): r"task[ _-]?stores?\b|task[ _-]?records?\b|TASK_RECORD|Idempotent-Replayed|/tasks/\{",
+}
+# A trace that another option's choice explains: Redis as the task store names Redis too.
+EXPLAINED_BY = {("broker", "redis"): ("task_store", "redis")}
 LEFTOVER_TEMPLATE = re.compile(r"\{%|%\}|\{#|#\}|(?<!\$)\{\{|cookiecutter")
 # The record of the answers: it names every option (`"use_docker": "no"`) by design, and its own name
 # says which tool's answers it holds. Its text is checked for template syntax all the same.
@@ -38,15 +57,27 @@ def project_files(project: Path) -> list[Path]:
     return [path for path in project.rglob("*") if path.is_file() and not skip & set(path.parts)]
 
 
+def explained(answers: dict[str, str], option: str, value: str) -> bool:
+    """Whether another option's choice names `value` of `option` in its own right."""
+    other = EXPLAINED_BY.get((option, value))
+    return other is not None and answers[other[0]] == other[1]
+
+
 def unselected_traces(answers: dict[str, str]) -> dict[str, re.Pattern[str]]:
-    return {
+    unselected = {
         f"{option}={value}": re.compile(pattern, re.IGNORECASE)
         for (option, value), pattern in TRACES.items()
-        if answers[option] != value
+        if answers[option] != value and not explained(answers, option, value)
     }
+    selected = {
+        f"{option}!={value}": re.compile(pattern, re.IGNORECASE)
+        for (option, value), pattern in TRACES_OF_THE_VALUE.items()
+        if answers[option] == value
+    }
+    return {**unselected, **selected}
 
 
-@pytest.mark.parametrize("answers", COMBINATIONS)
+@pytest.mark.parametrize("answers", EVERY_COMBINATION)
 def test_no_template_syntax_is_left(answers: dict[str, str], baked: dict[str, Path], tmp_path_factory) -> None:
     project = bake_cached(baked, tmp_path_factory, answers)
     leftovers = [
@@ -62,7 +93,7 @@ def test_no_template_syntax_is_left(answers: dict[str, str], baked: dict[str, Pa
     assert leftovers == []
 
 
-@pytest.mark.parametrize("answers", COMBINATIONS)
+@pytest.mark.parametrize("answers", EVERY_COMBINATION)
 def test_nothing_of_an_unselected_option_remains(
     answers: dict[str, str], baked: dict[str, Path], tmp_path_factory
 ) -> None:

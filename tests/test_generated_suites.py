@@ -13,10 +13,32 @@ from pathlib import Path
 import pytest
 
 from . import fault_report
-from .conftest import BROKER_TEST_ENV, BROKERS, CONSUMERS, STYLE_TEST_ENV, bake, require_broker, run
+from .conftest import (
+    BROKER_TEST_ENV,
+    BROKERS,
+    CONSUMERS,
+    STYLE_TEST_ENV,
+    TASK_STORES,
+    bake,
+    require_broker,
+    require_store,
+    run,
+)
 from .kafka_broker import TansuError, free_port, running_tansu
 
-STYLES = [pytest.param(broker, consumer, id=f"{broker}-{consumer}") for broker in BROKERS for consumer in CONSUMERS]
+# Each broker and style once with a task store, so that every store meets every broker and style
+# (the stores alternate, and swap between the two styles of a broker); and each broker once more
+# without one, in the style its store runs did not swap to, as most projects are generated.
+STORES = [store for store in TASK_STORES if store != "none"]
+RUNS = [
+    *[
+        (broker, consumer, STORES[(b + c) % len(STORES)])
+        for b, broker in enumerate(BROKERS)
+        for c, consumer in enumerate(CONSUMERS)
+    ],
+    *[(broker, CONSUMERS[b % len(CONSUMERS)], "none") for b, broker in enumerate(BROKERS)],
+]
+SUITES = [pytest.param(*run, id=f"{run[0]}-{run[1]}-store_{run[2]}") for run in RUNS]
 
 
 @contextlib.contextmanager
@@ -43,16 +65,20 @@ def fresh_venv(project: Path) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("broker", "consumer"), STYLES)
-def test_the_generated_suite_passes_against_the_real_broker(tmp_path: Path, broker: str, consumer: str) -> None:
+@pytest.mark.parametrize(("broker", "consumer", "store"), SUITES)
+def test_the_generated_suite_passes_against_the_real_broker(
+    tmp_path: Path, broker: str, consumer: str, store: str
+) -> None:
     url = require_broker(broker)
-    project = bake(tmp_path, broker=broker, consumer=consumer, use_docker="yes", ci="github")
+    project = bake(tmp_path, broker=broker, consumer=consumer, use_docker="yes", ci="github", task_store=store)
     python = fresh_venv(project)
     env = {key: value for key, value in os.environ.items() if key not in {"PYTHONPATH", "VIRTUAL_ENV"}}
     env["BROKER_URL"] = url
+    if store != "none":
+        env["TASK_STORE_URL"] = require_store(store)
     env.update(BROKER_TEST_ENV.get(broker, {}))
     env.update(STYLE_TEST_ENV.get((broker, consumer), {}))
-    env["FAULT_REPORT"] = str(report := fault_report.report_path(broker, consumer))
+    env["FAULT_REPORT"] = str(report := fault_report.report_path(broker, consumer, store))
     with proxied_kafka(env) if broker == "kafka" else contextlib.nullcontext():
         output = run([str(python), "-m", "pytest", "-p", "no:cacheprovider", "-q"], project, env, timeout=900)
     # pytest's summary line: the last that counts results (a client library's log line written at

@@ -182,6 +182,8 @@ def test_every_pruned_path_exists_in_the_template(post_gen: types.ModuleType) ->
         post_gen.DOCKER_FILES,
         post_gen.KUBERNETES_FILES,
         *post_gen.CI_FILES.values(),
+        post_gen.TASK_STORE_FILES,
+        *post_gen.STORE_FILES.values(),
     ]
     missing = [
         pattern
@@ -226,6 +228,28 @@ def test_every_broker_and_style_file_is_owned_by_exactly_one_choice(post_gen: ty
     assert [path for path in styled if len(owners(path, post_gen.STYLE_FILES)) != 1] == []
     assert sorted(post_gen.BROKER_FILES) == sorted(BROKERS)
     assert sorted(post_gen.STYLE_FILES) == sorted(CONSUMERS)
+
+
+def test_every_task_store_file_is_pruned_with_its_store_or_with_none(post_gen: types.ModuleType) -> None:
+    """A store's module or test missing from the tables would leak into projects of the other store."""
+    package = TEMPLATE_PROJECT / "src" / "{{cookiecutter.project_slug}}"
+    stores = [store for store in DEFAULTS["task_store"] if store != "none"]
+    assert sorted(post_gen.STORE_FILES) == sorted(stores)
+    named = [
+        path
+        for path in [*package.glob("store/*.py"), *TEMPLATE_PROJECT.rglob("tests/**/*store*.py")]
+        if any(store in path.stem for store in stores)
+    ]
+    owners = {
+        path.name: [
+            store
+            for store, patterns in post_gen.STORE_FILES.items()
+            for pattern in patterns
+            if path in TEMPLATE_PROJECT.glob(pattern.format(slug="{{cookiecutter.project_slug}}"))
+        ]
+        for path in named
+    }
+    assert owners == {path.name: [store for store in stores if store in path.stem] for path in named}
 
 
 def test_pruning_is_idempotent(post_gen: types.ModuleType, tmp_path: Path) -> None:

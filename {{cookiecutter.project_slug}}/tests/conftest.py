@@ -38,6 +38,15 @@ class RecordPayload(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     seconds: float = 0.0
+{%- if cookiecutter.task_store != "none" %}
+
+
+@pytest.fixture(autouse=True)
+def task_records_in_memory(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unit tests keep task records in memory; integration tests use the real store at TASK_STORE_URL."""
+    if INTEGRATION not in request.path.parents:
+        monkeypatch.setenv("TASK_STORE_URL", "memory://")
+{%- endif %}
 
 
 @pytest.fixture

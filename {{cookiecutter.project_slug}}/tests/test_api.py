@@ -213,7 +213,11 @@ def test_liveness(client: TestClient, broker: InMemoryBroker) -> None:
 def test_ready_when_broker_answers_and_consumer_runs(client: TestClient) -> None:
     response = client.get("/health/ready")
     assert response.status_code == 200
+{%- if cookiecutter.task_store == "none" %}
     assert response.json() == {"status": "ready", "broker": "ok", "consumer": "running"}
+{%- else %}
+    assert response.json() == {"status": "ready", "broker": "ok", "consumer": "running", "task_store": "ok"}
+{%- endif %}
 
 
 def test_not_ready_when_the_broker_is_down(client: TestClient, broker: InMemoryBroker) -> None:
@@ -266,6 +270,11 @@ def test_metrics_expose_the_contract_counters(client: TestClient) -> None:
 
 def test_openapi_documents_every_status_and_content_type(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
+{%- if cookiecutter.task_store == "none" %}
     assert set(paths["/tasks"]["post"]["responses"]) == {"202", "413", "415", "422", "503"}
+{%- else %}
+    assert set(paths["/tasks"]["post"]["responses"]) == {"202", "409", "413", "415", "422", "503"}
+    assert set(paths["/tasks/{task_id}"]["get"]["responses"]) == {"200", "404", "422", "503"}
+{%- endif %}
     assert set(paths["/health/ready"]["get"]["responses"]) == {"200", "503"}
     assert "text/plain" in next(iter(paths["/metrics"]["get"]["responses"]["200"]["content"]))

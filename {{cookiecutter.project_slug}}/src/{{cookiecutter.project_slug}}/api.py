@@ -6,10 +6,14 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping
 from typing import Annotated, Any, Literal
 
+{% if cookiecutter.task_store == "none" -%}
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
+{% else -%}
+from fastapi import APIRouter, Depends, HTTPException, Path, Request, Response
+{% endif -%}
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -18,8 +22,30 @@ from .brokers import BrokerUnavailable, Consumer, Publisher
 from .brokers.memory import is_memory
 from .logs import current_request_id, log_context
 from .messages import PUBLISHED_AT_HEADER, REQUEST_ID_HEADER, TaskMessage
+{%- if cookiecutter.task_store == "none" %}
 from .metrics import PUBLISH_FAILURES, TASKS_PUBLISHED
+{%- else %}
+from .metrics import PUBLISH_FAILURES, TASK_STORE_ERRORS, TASKS_PUBLISHED
+{%- endif %}
 from .settings import Settings
+{%- if cookiecutter.task_store != "none" %}
+from .store import StoreUnavailable
+from .store.http import (
+    REPLAYED_HEADER,
+    IdempotencyKey,
+    StoreDep,
+    TaskStatus,
+    bounded,
+    forget,
+    location,
+    mark_accepted,
+    new_record,
+    replay,
+    request_hash,
+    store_down,
+    task_status,
+)
+{%- endif %}
 from .tasks import TaskRegistry
 from .tracing import publish_span
 
@@ -56,6 +82,9 @@ class Readiness(BaseModel):
     status: Literal["ready", "not ready"]
     broker: Literal["ok", "unavailable", "memory"]  # memory: BROKER_URL=memory://, nothing durable
     consumer: Literal["running", "stopped", "disabled"]
+{%- if cookiecutter.task_store != "none" %}
+    task_store: Literal["ok", "unavailable"]
+{%- endif %}
 
 
 class Liveness(BaseModel):
@@ -137,59 +166,167 @@ async def read_task_request(request: Request, registry: RegistryDep, settings: S
         }
     },
     responses={
+{%- if cookiecutter.task_store != "none" %}
+        202: {
+            "description": "Accepted.",
+            "headers": {
+                "Location": {"description": "The task's record: GET it.", "schema": {"type": "string"}},
+                REPLAYED_HEADER: {
+                    "description": "true: the answer to an earlier request with this Idempotency-Key.",
+                    "schema": {"type": "string"},
+                },
+            },
+        },
+        409: {"model": ErrorDetail, "description": "A request with this Idempotency-Key is still in progress."},
+{%- endif %}
         413: {"model": ErrorDetail, "description": "The body is over 1 MiB."},
         415: {"model": ErrorDetail, "description": "The Content-Type is not application/json."},
+{%- if cookiecutter.task_store == "none" %}
         422: {"model": ValidationErrors, "description": "The body is not a valid task."},
         503: {"model": ErrorDetail, "description": "The broker did not accept the task; retry later."},
+{%- else %}
+        422: {
+            "model": ValidationErrors,
+            "description": "The body is not a valid task, or the Idempotency-Key was used with another body.",
+        },
+        503: {"model": ErrorDetail, "description": "The broker or the task store did not take the task; retry later."},
+{%- endif %}
     },
 )
+{%- if cookiecutter.task_store == "none" %}
 async def create_task(
     task: Annotated[TaskRequest, Depends(read_task_request)], settings: SettingsDep, publisher: PublisherDep
 ) -> TaskAccepted:
-    """Queue a task, to start at once or after `delay_seconds`. 202 means the broker has durably accepted it."""
+    """Queue a task, to start at once or after `delay_seconds`. 202 means the broker has durably accepted it.
+    An Idempotency-Key header is ignored: this service keeps no record of its tasks."""
     message = TaskMessage(id=str(uuid.uuid4()), type=task.type, payload=task.payload)
+    with log_context(task_id=message.id, request_id=current_request_id(), task_type=message.type):
+        await publish(message, task.delay_seconds, settings, publisher)
+    return TaskAccepted(id=message.id, type=message.type)
+{%- else %}
+async def create_task(
+    task: Annotated[TaskRequest, Depends(read_task_request)],
+    settings: SettingsDep,
+    publisher: PublisherDep,
+    store: StoreDep,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> TaskAccepted:
+    """Queue a task, to start at once or after `delay_seconds`. 202 means the broker has durably accepted it;
+    the task's record, at the Location header's address, was written before it was published."""
+    message = TaskMessage(id=str(uuid.uuid4()), type=task.type, payload=task.payload)
+    asked = request_hash(task)
+    with log_context(task_id=message.id, request_id=current_request_id(), task_type=message.type):
+        try:
+            holder = await bounded(store.create(new_record(message, task.delay_seconds, idempotency_key, asked)))
+        except StoreUnavailable as error:
+            raise store_down(error) from None
+        if holder is not None:
+            first = await replay(holder, asked, store, settings.publish_timeout_seconds)
+            logger.info("task %s: the answer to an earlier request with this Idempotency-Key", first.id)
+            response.headers[REPLAYED_HEADER] = "true"
+            location(response, first.id)
+            return TaskAccepted(id=first.id, type=first.type)
+        try:
+            await publish(message, task.delay_seconds, settings, publisher)
+        except HTTPException:
+            await forget(store, message.id, idempotency_key)
+            raise
+        if idempotency_key is not None:
+            await mark_accepted(store, message.id)
+    location(response, message.id)
+    return TaskAccepted(id=message.id, type=message.type)
+
+
+@router.get(
+    "/tasks/{task_id}",
+    responses={
+        404: {"model": ErrorDetail, "description": "No such task, or its record expired."},
+        503: {"model": ErrorDetail, "description": "The task store did not answer; retry later."},
+    },
+)
+async def get_task(task_id: Annotated[str, Path(max_length=200)], store: StoreDep) -> TaskStatus:
+    """Where the task is: its status, attempts and, once known, its error or result."""
+    try:
+        record = await bounded(store.get(task_id))
+    except StoreUnavailable as error:
+        TASK_STORE_ERRORS.inc()
+        logger.warning("task record not read, the task store did not answer: %s", error)
+        raise HTTPException(status_code=503, detail="task store unavailable; retry later") from None
+    if record is None:
+        raise HTTPException(status_code=404, detail="no such task (or its record expired)")
+    return task_status(record)
+{%- endif %}
+
+
+async def publish(message: TaskMessage, delay_seconds: float, settings: Settings, publisher: Publisher) -> None:
+    """Return once the broker has durably accepted the message; a 503 otherwise."""
     request_id = current_request_id()
     # A delayed task's time in the queue counts from when it is due, not from now.
-    headers = {REQUEST_ID_HEADER: request_id, PUBLISHED_AT_HEADER: f"{time.time() + task.delay_seconds:.6f}"}
-    with log_context(task_id=message.id, request_id=request_id, task_type=message.type):
-        try:
-            with publish_span(settings.queue_name, headers):
-                publishing = publisher.publish(message, headers, task.delay_seconds)
-                await asyncio.wait_for(publishing, timeout=settings.publish_timeout_seconds)
-        except (BrokerUnavailable, TimeoutError) as error:
-            reason = "timeout" if isinstance(error, TimeoutError) else "unavailable"
-            PUBLISH_FAILURES.labels(reason=reason).inc()
-            logger.warning("task not accepted (%s): %s", reason, error or "no answer in time")
-            raise HTTPException(status_code=503, detail="broker unavailable, task not accepted; retry later") from None
-        TASKS_PUBLISHED.inc()
-        logger.info("task %s accepted", message.type)
-    return TaskAccepted(id=message.id, type=message.type)
+    headers = {REQUEST_ID_HEADER: request_id, PUBLISHED_AT_HEADER: f"{time.time() + delay_seconds:.6f}"}
+    try:
+        with publish_span(settings.queue_name, headers):
+            publishing = publisher.publish(message, headers, delay_seconds)
+            await asyncio.wait_for(publishing, timeout=settings.publish_timeout_seconds)
+    except (BrokerUnavailable, TimeoutError) as error:
+        reason = "timeout" if isinstance(error, TimeoutError) else "unavailable"
+        PUBLISH_FAILURES.labels(reason=reason).inc()
+        logger.warning("task not accepted (%s): %s", reason, error or "no answer in time")
+        raise HTTPException(status_code=503, detail="broker unavailable, task not accepted; retry later") from None
+    TASKS_PUBLISHED.inc()
+    logger.info("task %s accepted", message.type)
 
 
 @router.get("/health/live")
 async def live() -> Liveness:
     """200 while the process runs."""
     return Liveness()
+{%- if cookiecutter.task_store == "none" %}
 
 
 @router.get("/health/ready", responses={503: {"model": Readiness, "description": "Not ready."}})
 async def ready(response: Response, settings: SettingsDep, publisher: PublisherDep, consumer: ConsumerDep) -> Readiness:
     """200 when the broker answers and, where enabled, the consumer runs."""
-    try:
-        await asyncio.wait_for(publisher.ping(), timeout=settings.ready_timeout_seconds)
-        broker_ok = True
-    except (BrokerUnavailable, TimeoutError):
-        broker_ok = False
+    broker_ok = await answers(publisher.ping(), settings.ready_timeout_seconds, BrokerUnavailable)
+{%- else %}
+
+
+@router.get("/health/ready", responses={503: {"model": Readiness, "description": "Not ready."}})
+async def ready(
+    response: Response, settings: SettingsDep, publisher: PublisherDep, consumer: ConsumerDep, store: StoreDep
+) -> Readiness:
+    """200 when the broker and the task store answer and, where enabled, the consumer runs."""
+    broker_ok, store_ok = await asyncio.gather(
+        answers(publisher.ping(), settings.ready_timeout_seconds, BrokerUnavailable),
+        answers(store.ping(), settings.ready_timeout_seconds, StoreUnavailable),
+    )
+{%- endif %}
     consumer_state: Literal["running", "stopped", "disabled"] = (
         "disabled" if consumer is None else "running" if consumer.is_running() else "stopped"
     )
+{%- if cookiecutter.task_store == "none" %}
     is_ready = broker_ok and consumer_state != "stopped"
+{%- else %}
+    is_ready = broker_ok and store_ok and consumer_state != "stopped"
+{%- endif %}
     response.status_code = 200 if is_ready else 503
     return Readiness(
         status="ready" if is_ready else "not ready",
         broker="memory" if is_memory(settings) else "ok" if broker_ok else "unavailable",
         consumer=consumer_state,
+{%- if cookiecutter.task_store != "none" %}
+        task_store="ok" if store_ok else "unavailable",
+{%- endif %}
     )
+
+
+async def answers(ping: Awaitable[None], seconds: float, unavailable: type[Exception]) -> bool:
+    """Whether `ping` returns within `seconds`."""
+    try:
+        await asyncio.wait_for(ping, timeout=seconds)
+    except (unavailable, TimeoutError):
+        return False
+    return True
 
 
 @router.get(

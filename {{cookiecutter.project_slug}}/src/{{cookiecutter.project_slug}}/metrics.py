@@ -30,6 +30,14 @@ HANDLER_DURATION = Histogram(
     "How long a handler ran, by task type and outcome (succeeded, retried, dead_lettered).",
     ["type", "outcome"],
 )
+{%- if cookiecutter.task_store != "none" %}
+
+TASK_STORE_ERRORS = Counter(
+    "task_store_errors",
+    "Task store calls that failed: record updates given up after brief retries (the task goes on), and"
+    " requests answered 503 because the store did not answer.",
+)
+{%- endif %}
 
 for _reason in ("unavailable", "timeout"):
     PUBLISH_FAILURES.labels(reason=_reason)

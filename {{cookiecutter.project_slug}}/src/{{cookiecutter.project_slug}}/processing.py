@@ -28,6 +28,9 @@ from .tasks import Reject, Retry, TaskRegistry, TaskType
 
 if TYPE_CHECKING:
     from .settings import Settings
+{%- if cookiecutter.task_store != "none" %}
+    from .store.writer import RecordWriter
+{%- endif %}
 
 logger = logging.getLogger(__name__)
 
@@ -48,11 +51,12 @@ RETRY_JITTER = 0.05  # each wait is within ±5 % of its nominal value (brokers t
 @dataclass(frozen=True)
 class Verdict:
     """What the broker must do with the message: ack it, retry it after `delay_seconds`, or
-    dead-letter it with `reason`."""
+    dead-letter it with `reason`. `result` is what a handler that succeeded returned."""
 
     outcome: Outcome
     reason: str = ""
     delay_seconds: float = 0.0
+    result: Any = None
 
 
 @dataclass(frozen=True)
@@ -73,7 +77,18 @@ SUCCEEDED = Verdict(Outcome.SUCCEEDED)  # one for all: most verdicts are this on
 
 
 class Processor:
+{%- if cookiecutter.task_store == "none" %}
     def __init__(self, registry: TaskRegistry, max_retries: int, delays: RetryDelays | None = None) -> None:
+{%- else %}
+    def __init__(
+        self,
+        registry: TaskRegistry,
+        max_retries: int,
+        delays: RetryDelays | None = None,
+        records: RecordWriter | None = None,
+    ) -> None:
+        self.records = records  # where each attempt's start and end are written, off this path
+{%- endif %}
         self.registry = registry
         self.max_retries = max_retries
         self.delays = delays or RetryDelays()
@@ -96,6 +111,10 @@ class Processor:
             try:
                 if retries == 0:
                     observe_queue_wait(headers)
+{%- if cookiecutter.task_store != "none" %}
+                if self.records is not None:
+                    self.records.started(message.id, retries + 1)
+{%- endif %}
                 started = time.perf_counter()
                 if tracing.active():
 {%- if is_async %}
@@ -108,6 +127,10 @@ class Processor:
                     verdict = self._call(task_type, message, payload, retries)
 {%- endif %}
                 self._duration(message.type, verdict.outcome).observe(time.perf_counter() - started)
+{%- if cookiecutter.task_store != "none" %}
+                if self.records is not None:
+                    self.records.finished(message.id, retries + 1, verdict)
+{%- endif %}
             finally:
                 context_var.reset(token)
         PROCESSED[verdict.outcome].inc()
@@ -132,13 +155,13 @@ class Processor:
 
     async def _call(self, task_type: TaskType[Any], message: TaskMessage, payload: BaseModel, retries: int) -> Verdict:
         try:
-            await task_type.handler(payload, message)
+            result = await task_type.handler(payload, message)
 {%- else %}
             return self._call(task_type, message, payload, retries)
 
     def _call(self, task_type: TaskType[Any], message: TaskMessage, payload: BaseModel, retries: int) -> Verdict:
         try:
-            task_type.handler(payload, message)
+            result = task_type.handler(payload, message)
 {%- endif %}
         except Retry as asked:
             tracing.record_error(asked)
@@ -153,7 +176,7 @@ class Processor:
             return self._retry("handler failed", reason, retries, self.delays.before(retries + 1), error)
         # DEBUG: at thousands a second, success is for metrics and traces; failures are logged.
         logger.debug("task %s succeeded (attempt %d)", message.type, retries + 1)
-        return SUCCEEDED
+        return SUCCEEDED if result is None else Verdict(Outcome.SUCCEEDED, result=result)
 
     def _retry(self, what: str, reason: str, retries: int, delay: float, error: Exception | None) -> Verdict:
         """Retry after `delay` seconds, or dead-letter once MAX_RETRIES are spent."""
@@ -172,33 +195,51 @@ class Processor:
             return Verdict(Outcome.DEAD_LETTERED, str(error))
         token = context_var.set(log_fields(message, retries, headers))
         try:
-            task_type = self.registry.get(message.type)
-            if task_type is None:
-                logger.warning("dead-lettering a message of unknown type %r", message.type)
-                return Verdict(Outcome.DEAD_LETTERED, f"unknown task type {message.type!r}")
-            try:
-                task_type.payload_model.model_validate(message.payload)
-            except ValidationError as error:
-                reason = f"invalid payload for {message.type!r}: {error.error_count()} error(s)"
-                logger.warning("dead-lettering: %s", reason)
-                return Verdict(Outcome.DEAD_LETTERED, reason)
-            # Valid after all (the one-pass model and these two disagree): refuse rather than guess.
-            logger.error("dead-lettering a message that only the one-pass validation refused")
-            return Verdict(Outcome.DEAD_LETTERED, "refused by the task type's message model")
+            verdict = self._refusal(message)
+{%- if cookiecutter.task_store != "none" %}
+            if self.records is not None:
+                self.records.finished(message.id, retries + 1, verdict)
+{%- endif %}
         finally:
             context_var.reset(token)
+        return verdict
+
+    def _refusal(self, message: TaskMessage) -> Verdict:
+        """Why a message in the task shape is refused: its type is unknown, or its payload invalid."""
+        task_type = self.registry.get(message.type)
+        if task_type is None:
+            logger.warning("dead-lettering a message of unknown type %r", message.type)
+            return Verdict(Outcome.DEAD_LETTERED, f"unknown task type {message.type!r}")
+        try:
+            task_type.payload_model.model_validate(message.payload)
+        except ValidationError as error:
+            reason = f"invalid payload for {message.type!r}: {error.error_count()} error(s)"
+            logger.warning("dead-lettering: %s", reason)
+            return Verdict(Outcome.DEAD_LETTERED, reason)
+        # Valid after all (the one-pass model and these two disagree): refuse rather than guess.
+        logger.error("dead-lettering a message that only the one-pass validation refused")
+        return Verdict(Outcome.DEAD_LETTERED, "refused by the task type's message model")
 
     def _duration(self, task_type: str, outcome: Outcome) -> Histogram:
         child = self._durations.get((task_type, outcome))
         if child is None:  # once per task type and outcome: task types are the registry's, so few
             child = self._durations[task_type, outcome] = HANDLER_DURATION.labels(type=task_type, outcome=outcome.value)
         return child
+{%- if cookiecutter.task_store == "none" %}
 
 
 def processor_for(settings: Settings, registry: TaskRegistry) -> Processor:
     """The Processor configured as the settings say."""
     delays = RetryDelays(settings.retry_delay_seconds, settings.retry_delay_max_seconds)
     return Processor(registry, settings.max_retries, delays)
+{%- else %}
+
+
+def processor_for(settings: Settings, registry: TaskRegistry, records: RecordWriter | None = None) -> Processor:
+    """The Processor configured as the settings say, writing task records to `records` where given."""
+    delays = RetryDelays(settings.retry_delay_seconds, settings.retry_delay_max_seconds)
+    return Processor(registry, settings.max_retries, delays, records)
+{%- endif %}
 
 
 def log_fields(message: TaskMessage, retries: int, headers: Mapping[str, str]) -> LogContext:

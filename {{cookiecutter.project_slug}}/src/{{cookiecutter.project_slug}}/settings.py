@@ -46,6 +46,22 @@ class Settings(BrokerSettings):
         9100, ge=0, le=65535, description="Where `python -m ...worker` serves /metrics; 0 turns it off."
     )
     tracing_enabled: bool = Field(False, description="OpenTelemetry tracing; needs the `tracing` extra.")
+{%- if cookiecutter.task_store == "redis" %}
+    task_store_url: str = Field(
+        "redis://localhost:6379/0", pattern=r"^(rediss?|memory)://", description="Where the task records are kept."
+    )
+{%- elif cookiecutter.task_store == "postgresql" %}
+    task_store_url: str = Field(
+        "postgresql://localhost:5432/postgres",
+        pattern=r"^(postgres(ql)?|memory)://",
+        description="Where the task records are kept; PGUSER and PGPASSWORD work as for libpq.",
+    )
+{%- endif %}
+{%- if cookiecutter.task_store != "none" %}
+    task_record_ttl_seconds: float = Field(
+        604_800.0, ge=60, le=86_400 * 366, description="How long a task record and its idempotency key are kept."
+    )
+{%- endif %}
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -59,8 +75,20 @@ class Settings(BrokerSettings):
     @property
     def broker_address(self) -> str:
         """Where the broker is, safe to log (no credentials)."""
-        parts = urlsplit(self.broker_url)
-        return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+        return address(self.broker_url)
+{%- if cookiecutter.task_store != "none" %}
+
+    @property
+    def task_store_address(self) -> str:
+        """Where the task store is, safe to log (no credentials)."""
+        return address(self.task_store_url)
+{%- endif %}
+
+
+def address(url: str) -> str:
+    """Scheme, hosts and ports of `url`, without the credentials."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
 
 
 @lru_cache

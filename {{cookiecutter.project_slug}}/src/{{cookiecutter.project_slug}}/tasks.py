@@ -17,9 +17,9 @@ from .messages import TaskMessage
 
 P = TypeVar("P", bound=BaseModel)
 {%- if cookiecutter.consumer == "async" %}
-Handler = Callable[[P, TaskMessage], Awaitable[None]]
+Handler = Callable[[P, TaskMessage], Awaitable[object]]
 {%- else %}
-Handler = Callable[[P, TaskMessage], None]
+Handler = Callable[[P, TaskMessage], object]
 {%- endif %}
 
 

@@ -86,6 +86,10 @@ def start_worker(settings: Settings, log: Path, metrics_port: int = 0) -> subpro
         "LOG_LEVEL": "INFO",
         "METRICS_PORT": str(metrics_port),
         "PREFETCH_COUNT": str(settings.prefetch_count),  # bounds the duplicates after a kill
+{%- if cookiecutter.task_store != "none" %}
+        "TASK_STORE_URL": settings.task_store_url,
+        "TASK_RECORD_TTL_SECONDS": str(settings.task_record_ttl_seconds),
+{%- endif %}
         **WORKER_ENV,
     }
     with log.open("ab") as output:

@@ -3,11 +3,22 @@ behind "at least once, nothing lost", printed as a table at the end of the test 
 
 from __future__ import annotations
 
+{% if cookiecutter.task_store != "none" -%}
+import asyncio
+{% endif -%}
 import json
 import os
+{% if cookiecutter.task_store != "none" -%}
+import time
+{% endif -%}
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+{%- if cookiecutter.task_store != "none" %}
+
+from {{ cookiecutter.project_slug }}.settings import Settings
+from {{ cookiecutter.project_slug }}.store.factory import make_store
+{%- endif %}
 
 # Where the template's own test suite collects every generated project's tallies (JSON lines).
 REPORT_ENV = "FAULT_REPORT"
@@ -40,7 +51,38 @@ def tally(scenario: str, sent: Iterable[str], processed: Iterable[str]) -> Tally
     if path := os.environ.get(REPORT_ENV):
         with open(path, "a", encoding="utf-8") as report:
             report.write(json.dumps(asdict(result)) + "\n")
+{%- if cookiecutter.task_store != "none" %}
+    if not result.lost and RECORDS_OF:
+        unsettled = asyncio.run(unsettled_records(RECORDS_OF[-1], sent_ids))
+        assert unsettled == {}, f"{scenario}: task records that did not end succeeded or dead_lettered: {unsettled}"
+{%- endif %}
     return result
+{%- if cookiecutter.task_store != "none" %}
+
+
+SETTLED = ("succeeded", "dead_lettered")
+# The settings of the test that is running (the `settings` fixture puts them here): where its records are.
+RECORDS_OF: list[Settings] = []
+
+
+async def unsettled_records(settings: Settings, task_ids: Iterable[str], seconds: float = 30.0) -> dict[str, str]:
+    """The status of each task whose record has not ended succeeded or dead_lettered within `seconds`
+    (the last updates may still be on their way). A task another program published has no record."""
+    store = make_store(settings)
+    await store.start()
+    try:
+        deadline = time.monotonic() + seconds
+        waiting = set(task_ids)
+        while True:
+            records = [record for task_id in sorted(waiting) if (record := await store.get(task_id)) is not None]
+            unsettled: dict[str, str] = {r.id: r.status for r in records if r.status not in SETTLED}
+            if not unsettled or time.monotonic() > deadline:
+                return unsettled
+            waiting = set(unsettled)
+            await asyncio.sleep(0.2)
+    finally:
+        await store.close()
+{%- endif %}
 
 
 def merged(results: Iterable[Tally]) -> list[Tally]:

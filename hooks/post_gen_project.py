@@ -59,6 +59,8 @@ TASK_STORE_FILES = [
     "tests/test_task_records.py",
     "tests/integration/test_task_records.py",
     "tests/integration/test_store_*.py",
+    "tests/integration/stores.py",
+    "tests/integration/test_task_store.py",
 ]
 STORE_FILES = {
     store: [f"{PACKAGE}/store/{store}*.py", f"tests/integration/test_store_{store}.py"]

@@ -85,14 +85,7 @@ def all_combinations() -> list[dict[str, str]]:
     """The matrix every check runs on: each broker, style, Docker and CI choice, with Kubernetes and
     the task store riding on them."""
     return [
-        {
-            "broker": broker,
-            "consumer": consumer,
-            "use_docker": docker,
-            "kubernetes": kubernetes_for(docker, ci),
-            "ci": ci,
-            "task_store": task_store_for(style, docker, ci),
-        }
+        combination(broker, consumer, docker, ci, task_store_for(style, docker, ci))
         for style, (broker, consumer) in enumerate(itertools.product(BROKERS, CONSUMERS))
         for docker, ci in itertools.product(DOCKER, CI)
     ]
@@ -100,17 +93,18 @@ def all_combinations() -> list[dict[str, str]]:
 
 def every_combination() -> list[dict[str, str]]:
     """Every product of the options' values, for the checks cheap enough to run on all of them."""
-    return [
-        {
-            "broker": broker,
-            "consumer": consumer,
-            "use_docker": docker,
-            "kubernetes": kubernetes_for(docker, ci),
-            "ci": ci,
-            "task_store": store,
-        }
-        for broker, consumer, docker, ci, store in itertools.product(BROKERS, CONSUMERS, DOCKER, CI, TASK_STORES)
-    ]
+    return [combination(*values) for values in itertools.product(BROKERS, CONSUMERS, DOCKER, CI, TASK_STORES)]
+
+
+def combination(broker: str, consumer: str, docker: str, ci: str, store: str) -> dict[str, str]:
+    return {
+        "broker": broker,
+        "consumer": consumer,
+        "use_docker": docker,
+        "kubernetes": kubernetes_for(docker, ci),
+        "ci": ci,
+        "task_store": store,
+    }
 
 
 def combination_id(answers: dict[str, str]) -> str:

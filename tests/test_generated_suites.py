@@ -26,9 +26,9 @@ from .conftest import (
 )
 from .kafka_broker import TansuError, free_port, running_tansu
 
-# Each broker and style once with a task store, so that every store meets every broker and style
-# (the stores alternate, and swap between the two styles of a broker); and each broker once more
-# without one, in the style its store runs did not swap to, as most projects are generated.
+# Each broker and style once with a task store, the stores alternating so that every store meets
+# every broker and every style; and each broker once more without one (the styles alternating), as
+# most projects are generated.
 STORES = [store for store in TASK_STORES if store != "none"]
 RUNS = [
     *[

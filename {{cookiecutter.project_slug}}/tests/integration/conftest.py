@@ -18,6 +18,9 @@ from {{ cookiecutter.project_slug }}.store.factory import make_store
 {%- endif %}
 
 from .probes import START_HINT, TEST_SETTINGS, Probe, make_proxy, waiting_places
+{%- if cookiecutter.task_store != "none" %}
+from .stores import store_proxy, store_settings  # noqa: F401 (the task-store tests' fixtures: pytest finds them here)
+{%- endif %}
 {%- if cookiecutter.task_store == "none" %}
 from .tally import RESULTS, table
 {%- else %}

@@ -9,9 +9,9 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 import pytest
@@ -21,9 +21,10 @@ from pydantic import BaseModel
 
 from {{ cookiecutter.project_slug }}.app import create_app
 from {{ cookiecutter.project_slug }}.messages import TaskMessage, encode
-from {{ cookiecutter.project_slug }}.processing import Processor
+from {{ cookiecutter.project_slug }}.processing import Outcome, Processor, Verdict
 from {{ cookiecutter.project_slug }}.settings import Settings
 from {{ cookiecutter.project_slug }}.store import NewRecord, StoredRecord, Update
+from {{ cookiecutter.project_slug }}.store.http import REPLAY_WAIT_SECONDS
 from {{ cookiecutter.project_slug }}.store.memory import MemoryStore
 from {{ cookiecutter.project_slug }}.store.writer import MAX_RESULT_BYTES, RecordWriter
 from {{ cookiecutter.project_slug }}.tasks import TaskRegistry
@@ -70,6 +71,15 @@ def store_errors() -> float:
     return REGISTRY.get_sample_value("task_store_errors_total") or 0.0
 
 
+def eventually(condition: Callable[[], bool], seconds: float = 5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 def test_a_task_gets_its_record_before_it_is_published_and_a_location(
     client: TestClient, broker: StoreCheckingBroker
 ) -> None:
@@ -85,6 +95,12 @@ def test_a_task_gets_its_record_before_it_is_published_and_a_location(
     assert body["created_at"] == body["updated_at"]
     assert body["result"] is None
     assert body["error"] is None
+
+
+def test_records_must_outlive_the_longest_delay() -> None:
+    with pytest.raises(ValueError, match="must be longer than MAX_DELAY_SECONDS"):
+        Settings(task_record_ttl_seconds=3600, max_delay_seconds=7200)
+    assert Settings(task_record_ttl_seconds=3600, max_delay_seconds=600).task_record_ttl_seconds == 3600
 
 
 def test_a_delayed_task_is_scheduled_with_its_due_time(client: TestClient) -> None:
@@ -187,6 +203,42 @@ def test_racing_requests_with_one_key_publish_once_and_all_get_the_same_task(
     assert [answer.status_code for answer in answers] == [202] * 8
     assert len({answer.json()["id"] for answer in answers}) == 1
     assert sum(answer.headers.get("Idempotent-Replayed") == "true" for answer in answers) == 7
+    assert len(broker.published) == 1
+
+
+def test_a_publish_that_timed_out_keeps_its_record_and_a_retry_with_the_key_publishes_it_again(
+    client: TestClient, broker: StoreCheckingBroker, store: MemoryStore
+) -> None:
+    broker.hang = True  # the broker may or may not have taken it: the task may run
+    first = client.post("/tasks", json=IMAGE_TASK, headers={"Idempotency-Key": "order-timeout"})
+    assert first.status_code == 503
+    [record] = store.records.values()
+    assert (record.status, record.accepted) == ("queued", False)
+    broker.hang = False
+    # Once the first request is surely over, a retry publishes the same task again, under its id.
+    store.records[record.id] = replace(record, created_at=record.created_at - 60)
+    again = client.post("/tasks", json=IMAGE_TASK, headers={"Idempotency-Key": "order-timeout"})
+    assert again.status_code == 202
+    assert again.json()["id"] == record.id
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert [message.id for message in broker.published] == [record.id]
+    assert store.records[record.id].accepted
+
+
+def test_a_repeat_while_the_first_request_is_still_publishing_is_409(
+    broker: StoreCheckingBroker, store: MemoryStore, registry: TaskRegistry
+) -> None:
+    settings = Settings(publish_timeout_seconds=4.0)
+    app = create_app(settings, registry=registry, publisher=broker, consumer=StubConsumer(), store=store)
+    broker.seconds = REPLAY_WAIT_SECONDS + 0.5
+    with TestClient(app, raise_server_exceptions=False) as client, ThreadPoolExecutor(2) as pool:
+        slow = pool.submit(client.post, "/tasks", json=IMAGE_TASK, headers={"Idempotency-Key": "order-slow"})
+        assert eventually(lambda: bool(store.records))
+        started = time.monotonic()
+        repeat = client.post("/tasks", json=IMAGE_TASK, headers={"Idempotency-Key": "order-slow"})
+        assert repeat.status_code == 409
+        assert time.monotonic() - started < 5
+        assert slow.result().status_code == 202
     assert len(broker.published) == 1
 
 
@@ -373,6 +425,46 @@ def test_a_store_that_fails_neither_blocks_nor_loses_the_task_and_is_counted(
     store.available = True
     run_tasks(store, registry, 3, ("record", {}, 0))
     assert {record.status for record in store.records.values() if record.id != message.id} == {"succeeded"}
+
+
+def test_updates_the_store_refused_are_written_once_it_is_back(store: MemoryStore) -> None:
+    writer = RecordWriter(store)
+    asyncio.run(store.create(NewRecord("t-back", "record", "queued", time.time())))
+    store.available = False
+    errors = store_errors()
+{%- if is_async %}
+
+    async def until(condition: Callable[[], bool]) -> None:
+        for _ in range(1000):  # ten seconds at most
+            if condition():
+                return
+            await asyncio.sleep(0.01)
+
+    async def scenario() -> str:
+        await writer.start()
+        writer.finished("t-back", 1, Verdict(Outcome.SUCCEEDED, result=[1]))
+        await until(lambda: store_errors() > errors)
+        store.available = True  # no newer update of the task comes: the refused one is tried again
+        await until(lambda: store.records["t-back"].status != "queued")
+        await writer.stop()
+        return store.records["t-back"].status
+
+    assert asyncio.run(scenario()) == "succeeded"
+{%- else %}
+    asyncio.run(writer.start())
+    writer.finished("t-back", 1, Verdict(Outcome.SUCCEEDED, result=[1]))
+    deadline = time.monotonic() + 10
+    while store_errors() == errors and time.monotonic() < deadline:
+        time.sleep(0.01)
+    store.available = True  # no newer update of the task comes: the refused one is tried again
+    while store.records["t-back"].status == "queued" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    asyncio.run(writer.stop())
+    assert store.records["t-back"].status == "succeeded"
+{%- endif %}
+    assert store_errors() > errors
+    assert writer.healthy()
+    assert store.records["t-back"].result == "[1]"
 
 
 def test_the_latest_update_of_a_task_replaces_an_unwritten_one_and_the_backlog_is_bounded(store: MemoryStore) -> None:

@@ -222,15 +222,21 @@ async def create_task(
         except StoreUnavailable as error:
             raise store_down(error) from None
         if holder is not None:
-            first = await replay(holder, asked, store, settings.publish_timeout_seconds)
-            logger.info("task %s: the answer to an earlier request with this Idempotency-Key", first.id)
+            first = await replay(holder, asked, store, settings)
+            if first.publish_again:  # at worst the task runs twice, under one id, as at-least-once allows
+                logger.warning("task %s: its first publish timed out; publishing it again", first.record.id)
+                again = TaskMessage(id=first.record.id, type=first.record.type, payload=task.payload)
+                await publish(again, task.delay_seconds, settings, publisher)
+                await mark_accepted(store, again.id)
+            logger.info("task %s: the answer to an earlier request with this Idempotency-Key", first.record.id)
             response.headers[REPLAYED_HEADER] = "true"
-            location(response, first.id)
-            return TaskAccepted(id=first.id, type=first.type)
+            location(response, first.record.id)
+            return TaskAccepted(id=first.record.id, type=first.record.type)
         try:
             await publish(message, task.delay_seconds, settings, publisher)
-        except HTTPException:
-            await forget(store, message.id, idempotency_key)
+        except PublishFailed as failed:
+            if not failed.outcome_unknown:  # the broker did not take it: no record of it may stay
+                await forget(store, message.id, idempotency_key)
             raise
         if idempotency_key is not None:
             await mark_accepted(store, message.id)
@@ -259,8 +265,17 @@ async def get_task(task_id: Annotated[str, Path(max_length=200)], store: StoreDe
 {%- endif %}
 
 
+class PublishFailed(HTTPException):
+    """A 503: the broker did not confirm the message. `outcome_unknown`: it did not answer in time, and
+    may have taken it; otherwise it certainly did not."""
+
+    def __init__(self, outcome_unknown: bool) -> None:
+        super().__init__(status_code=503, detail="broker unavailable, task not accepted; retry later")
+        self.outcome_unknown = outcome_unknown
+
+
 async def publish(message: TaskMessage, delay_seconds: float, settings: Settings, publisher: Publisher) -> None:
-    """Return once the broker has durably accepted the message; a 503 otherwise."""
+    """Return once the broker has durably accepted the message; PublishFailed otherwise."""
     request_id = current_request_id()
     # A delayed task's time in the queue counts from when it is due, not from now.
     headers = {REQUEST_ID_HEADER: request_id, PUBLISHED_AT_HEADER: f"{time.time() + delay_seconds:.6f}"}
@@ -272,7 +287,7 @@ async def publish(message: TaskMessage, delay_seconds: float, settings: Settings
         reason = "timeout" if isinstance(error, TimeoutError) else "unavailable"
         PUBLISH_FAILURES.labels(reason=reason).inc()
         logger.warning("task not accepted (%s): %s", reason, error or "no answer in time")
-        raise HTTPException(status_code=503, detail="broker unavailable, task not accepted; retry later") from None
+        raise PublishFailed(outcome_unknown=reason == "timeout") from None
     TASKS_PUBLISHED.inc()
     logger.info("task %s accepted", message.type)
 

@@ -34,8 +34,8 @@ HANDLER_DURATION = Histogram(
 
 TASK_STORE_ERRORS = Counter(
     "task_store_errors",
-    "Task store calls that failed: record updates given up after brief retries (the task goes on), and"
-    " requests answered 503 because the store did not answer.",
+    "Task store calls that failed: record updates not written after three tries (the task goes on; they"
+    " are tried again a second later), and requests answered 503 because the store did not answer.",
 )
 {%- endif %}
 

@@ -5,7 +5,11 @@ from __future__ import annotations
 from functools import lru_cache
 from urllib.parse import urlsplit
 
+{% if cookiecutter.task_store == "none" -%}
 from pydantic import Field, field_validator
+{% else -%}
+from pydantic import Field, field_validator, model_validator
+{% endif -%}
 from pydantic_settings import SettingsConfigDict
 
 from .brokers import BROKER_SCHEMES, DEFAULT_BROKER_URL, BrokerSettings
@@ -52,15 +56,27 @@ class Settings(BrokerSettings):
     )
 {%- elif cookiecutter.task_store == "postgresql" %}
     task_store_url: str = Field(
-        "postgresql://localhost:5432/postgres",
+        "postgresql://postgres@localhost:5432/postgres",
         pattern=r"^(postgres(ql)?|memory)://",
-        description="Where the task records are kept; PGUSER and PGPASSWORD work as for libpq.",
+        description="Where the task records are kept; the password may come from PGPASSWORD, as for libpq.",
     )
 {%- endif %}
 {%- if cookiecutter.task_store != "none" %}
     task_record_ttl_seconds: float = Field(
         604_800.0, ge=60, le=86_400 * 366, description="How long a task record and its idempotency key are kept."
     )
+{%- endif %}
+
+{%- if cookiecutter.task_store != "none" %}
+
+    @model_validator(mode="after")
+    def _records_outlive_delays(self) -> Settings:
+        if self.task_record_ttl_seconds <= self.max_delay_seconds:
+            raise ValueError(
+                f"TASK_RECORD_TTL_SECONDS ({self.task_record_ttl_seconds:g}) must be longer than MAX_DELAY_SECONDS"
+                f" ({self.max_delay_seconds:g}): a delayed task would outlive its record"
+            )
+        return self
 {%- endif %}
 
     @field_validator("log_level", mode="before")

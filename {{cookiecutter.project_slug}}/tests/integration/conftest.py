@@ -99,6 +99,7 @@ def settings(broker_url: str, probe: Probe, task_store_url: str) -> Iterator[Set
         broker_url=broker_url,
         task_store_url=task_store_url,
         task_record_ttl_seconds=TEST_RECORD_TTL_SECONDS,
+        max_delay_seconds=TEST_RECORD_TTL_SECONDS / 2,
 {%- endif %}
         queue_name=f"test-{uuid.uuid4().hex[:12]}",
         max_retries=2,

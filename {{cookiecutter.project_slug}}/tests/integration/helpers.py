@@ -89,6 +89,7 @@ def start_worker(settings: Settings, log: Path, metrics_port: int = 0) -> subpro
 {%- if cookiecutter.task_store != "none" %}
         "TASK_STORE_URL": settings.task_store_url,
         "TASK_RECORD_TTL_SECONDS": str(settings.task_record_ttl_seconds),
+        "MAX_DELAY_SECONDS": str(settings.max_delay_seconds),
 {%- endif %}
         **WORKER_ENV,
     }

@@ -43,6 +43,7 @@ def store_settings(task_store_url: str) -> Iterator[Settings]:
         task_store_url=task_store_url,
         queue_name=f"test-{uuid.uuid4().hex[:12]}",
         task_record_ttl_seconds=TTL_SECONDS,
+        max_delay_seconds=0,
     )
     yield settings
     with redis.Redis.from_url(task_store_url) as client:
@@ -52,7 +53,7 @@ def store_settings(task_store_url: str) -> Iterator[Settings]:
 {%- else %}
 def store_settings(task_store_url: str) -> Settings:
     """The shared table (its name is fixed): each test's records have ids and keys of their own."""
-    return Settings(task_store_url=task_store_url, task_record_ttl_seconds=TTL_SECONDS)
+    return Settings(task_store_url=task_store_url, task_record_ttl_seconds=TTL_SECONDS, max_delay_seconds=0)
 {%- endif %}
 
 

@@ -34,7 +34,8 @@ def schema_settings(task_store_url: str) -> Iterator[Settings]:
         conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
     parts = urlsplit(task_store_url)
     query = urlencode([*parse_qsl(parts.query), ("options", f"-c search_path={schema}")], quote_via=quote)
-    yield Settings(task_store_url=parts._replace(query=query).geturl(), task_record_ttl_seconds=TTL_SECONDS)
+    url = parts._replace(query=query).geturl()
+    yield Settings(task_store_url=url, task_record_ttl_seconds=TTL_SECONDS, max_delay_seconds=0)
     with psycopg.connect(task_store_url, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
 

@@ -10,6 +10,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
@@ -19,6 +20,7 @@ from pydantic import BaseModel, Field
 
 from ..messages import TaskMessage
 from ..metrics import TASK_STORE_ERRORS
+from ..settings import Settings
 from .base import STORE_TIMEOUT_SECONDS, NewRecord, Status, StoredRecord, StoreUnavailable, TaskStore
 
 logger = logging.getLogger(__name__)
@@ -27,6 +29,7 @@ T = TypeVar("T")
 
 REPLAYED_HEADER = "Idempotent-Replayed"
 POLL_SECONDS = 0.05  # how often a replay looks whether the first request's task was accepted
+REPLAY_WAIT_SECONDS = 2.5  # ... and for how long at most: a POST answers within 5 s
 STORE_DOWN = "task store unavailable, task not accepted; retry later"
 
 
@@ -90,17 +93,29 @@ def request_hash(task: BaseModel) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-async def replay(holder: StoredRecord, asked: str, store: TaskStore, wait_seconds: float) -> StoredRecord:
-    """The record of the first request with this key, once its task was accepted: a 422 for another
-    body; the first request's 503 if its task was not accepted; a 409 if it is still undecided."""
+@dataclass(frozen=True)
+class Replay:
+    """The first request with a key, whose answer a repeated request gives again. `publish_again`:
+    the first request's publish timed out (the broker may or may not have the task), long enough ago
+    that it is over: publish the same task again, under the same id."""
+
+    record: StoredRecord
+    publish_again: bool = False
+
+
+async def replay(holder: StoredRecord, asked: str, store: TaskStore, settings: Settings) -> Replay:
+    """The first request with this key, once its task was accepted: a 422 for another body; the
+    first request's 503 if its task was not accepted; a 409 while it is still undecided."""
     if holder.request_hash != asked:
         reused = "this Idempotency-Key was used with another request body"
         error = {"type": "idempotency_key_reused", "loc": ("header", "Idempotency-Key"), "msg": reused}
         raise RequestValidationError([error])
-    deadline = time.monotonic() + wait_seconds
+    deadline = time.monotonic() + REPLAY_WAIT_SECONDS
     record: StoredRecord | None = holder
     while record is not None and not was_accepted(record):
-        if time.monotonic() > deadline:
+        if undecided_for_good(record, settings):
+            return Replay(record, publish_again=True)
+        if time.monotonic() + POLL_SECONDS > deadline:
             raise HTTPException(status_code=409, detail="a request with this Idempotency-Key is in progress; retry")
         await asyncio.sleep(POLL_SECONDS)
         try:
@@ -109,7 +124,14 @@ async def replay(holder: StoredRecord, asked: str, store: TaskStore, wait_second
             raise store_down(error) from None
     if record is None:  # the first request's task was not accepted, and it answered so
         raise HTTPException(status_code=503, detail="broker unavailable, task not accepted; retry later")
-    return record
+    return Replay(record)
+
+
+def undecided_for_good(record: StoredRecord, settings: Settings) -> bool:
+    """Not accepted, long after the request that wrote it must have answered: its publish timed out.
+    (Had the broker refused it, its record would be gone.)"""
+    answered_by = record.created_at + settings.publish_timeout_seconds + 3 * STORE_TIMEOUT_SECONDS
+    return time.time() > answered_by
 
 
 def was_accepted(record: StoredRecord) -> bool:
@@ -119,7 +141,8 @@ def was_accepted(record: StoredRecord) -> bool:
 
 async def forget(store: TaskStore, task_id: str, idempotency_key: str | None) -> None:
     """Remove the record of a task the broker did not take. If the store fails now, the record stays
-    (queued, never processed) until it expires: logged, counted."""
+    (queued, never processed) until it expires, and a repeated request publishes it again: logged,
+    counted."""
     try:
         await bounded(store.forget(task_id, idempotency_key))
     except StoreUnavailable as error:

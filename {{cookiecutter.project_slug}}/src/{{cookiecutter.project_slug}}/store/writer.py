@@ -29,8 +29,9 @@ logger = logging.getLogger(__name__)
 MAX_RESULT_BYTES = 64 * 1024  # a larger result is not kept; the task still succeeds
 MAX_PENDING = 10_000  # updates of distinct tasks waiting to be written; more are dropped (and counted)
 BATCH_SIZE = 500  # updates in one write
-WRITE_ATTEMPTS = 3  # a write that fails is tried this often, after waits that double from:
+WRITE_ATTEMPTS = 3  # a write that fails is tried this often in all, the waits between doubling from:
 FIRST_RETRY_SECONDS = 0.1
+OUTAGE_PAUSE_SECONDS = 1.0  # after the last try fails, the updates wait this long for the next round
 STOP_SECONDS = 5.0  # how long a stopping writer may take to write what is pending
 EXPIRY_SECONDS = 300.0  # how often expired records are removed, where the store does not do it itself
 
@@ -130,18 +131,19 @@ class RecordWriter:
                 await self._expire()
 
     async def _write(self, batch: Sequence[Update]) -> None:
-        error: StoreUnavailable | None = None
         for attempt in range(WRITE_ATTEMPTS):
             try:
                 await self.store.write(batch)
-            except StoreUnavailable as failed:
-                error = failed
-                if not self._stopping:
-                    await asyncio.sleep(FIRST_RETRY_SECONDS * 2**attempt)
+            except StoreUnavailable as error:
+                if attempt + 1 == WRITE_ATTEMPTS or self._stopping:
+                    self._gave_up(batch, error)
+                    if not self._stopping:
+                        await asyncio.sleep(OUTAGE_PAUSE_SECONDS)
+                    return
+                await asyncio.sleep(FIRST_RETRY_SECONDS * 2**attempt)
             else:
                 self._wrote()
                 return
-        self._gave_up(batch, error)
 
     async def _expire(self) -> None:
         try:
@@ -182,18 +184,19 @@ class RecordWriter:
                 self._expire()
 
     def _write(self, batch: Sequence[Update]) -> None:
-        error: StoreUnavailable | None = None
         for attempt in range(WRITE_ATTEMPTS):
             try:
                 self.store.write(batch)
-            except StoreUnavailable as failed:
-                error = failed
-                if not self._stopping:
-                    time.sleep(FIRST_RETRY_SECONDS * 2**attempt)
+            except StoreUnavailable as error:
+                if attempt + 1 == WRITE_ATTEMPTS or self._stopping:
+                    self._gave_up(batch, error)
+                    if not self._stopping:
+                        time.sleep(OUTAGE_PAUSE_SECONDS)
+                    return
+                time.sleep(FIRST_RETRY_SECONDS * 2**attempt)
             else:
                 self._wrote()
                 return
-        self._gave_up(batch, error)
 
     def _expire(self) -> None:
         try:
@@ -220,20 +223,31 @@ class RecordWriter:
             dropped, self._dropped = self._dropped, 0
             logger.warning("task store: %d record update(s) dropped, over %d waiting", dropped, self.max_pending)
 
-    def _gave_up(self, batch: Sequence[Update], error: StoreUnavailable | None) -> None:
+    def _gave_up(self, batch: Sequence[Update], error: StoreUnavailable) -> None:
+        """Counted and logged; the updates wait for the next round (a newer one of a task replaces
+        its own), except at shutdown, when they are lost and the records stay behind."""
         TASK_STORE_ERRORS.inc(len(batch))
         now = time.monotonic()
-        level = logging.WARNING if self._healthy or now - self._warned >= OUTAGE_LOG_SECONDS else logging.DEBUG
-        if level == logging.WARNING:
+        if self._healthy or now - self._warned >= OUTAGE_LOG_SECONDS:  # once an outage, then once a minute
             self._warned = now
-        logger.log(
-            level,
-            "task store: %d record update(s) not written (%s); the tasks go on, their records catch up with"
-            " their next updates",
-            len(batch),
-            error,
-        )
+            logger.warning(
+                "task store: %d record update(s) not written (%s); the tasks go on, their records wait",
+                len(batch),
+                error,
+            )
         self._healthy = False
+        if self._stopping:
+            return
+{%- if not is_async %}
+        with self._lock:
+            for update in batch:
+                if update.id not in self._pending:
+                    self._keep(update)
+{%- else %}
+        for update in batch:
+            if update.id not in self._pending:
+                self._keep(update)
+{%- endif %}
 
 
 def result_json(result: Any) -> str | None:

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+{%- if not is_async %}
+import functools
+{%- endif %}
 import logging
 import os
 import time
@@ -12,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 {%- else %}
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 {%- endif %}
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -343,6 +347,9 @@ class PostgresStore:
         self._left_behind: set[asyncio.Task[Any]] = set()
         self._pool = AsyncConnectionPool(
 {%- else %}
+        # The API's calls, each in a thread of the store's own (as many as connections): a silent
+        # database holds these, not the event loop's default executor, which others share.
+        self._executor = ThreadPoolExecutor(POOL_MAX_SIZE, thread_name_prefix="task-store")
         self._pool = ConnectionPool(
 {%- endif %}
             settings.task_store_url,
@@ -430,6 +437,7 @@ class PostgresStore:
 {%- else %}
 
     async def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
         await asyncio.to_thread(self._pool.close)
 
     def write(self, updates: Sequence[Update]) -> None:
@@ -448,9 +456,9 @@ class PostgresStore:
         """`operation` on a connection of the pool, in a thread. The caller waits STORE_TIMEOUT_SECONDS at
         most; an operation still going then (on a network gone silent, say) ends on its own."""
         try:
-            return await asyncio.wait_for(
-                asyncio.to_thread(self._on_connection, operation, *args), STORE_TIMEOUT_SECONDS
-            )
+            call = functools.partial(self._on_connection, operation, *args)
+            running = asyncio.get_running_loop().run_in_executor(self._executor, call)
+            return await asyncio.wait_for(running, STORE_TIMEOUT_SECONDS)
         except TimeoutError:
             raise StoreUnavailable(f"PostgreSQL at {self._address}: no answer in {STORE_TIMEOUT_SECONDS} s") from None
 

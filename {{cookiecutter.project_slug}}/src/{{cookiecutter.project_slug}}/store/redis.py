@@ -17,7 +17,9 @@ from redis.exceptions import RedisError
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import redis
@@ -33,6 +35,10 @@ if TYPE_CHECKING:
     from ..settings import Settings
 
 T = TypeVar("T")
+{%- if not is_async %}
+
+API_THREADS = 16  # the API's store calls under way at once
+{%- endif %}
 
 # A record's hash holds StoredRecord's fields, as text (times in Unix seconds), an absent optional
 # field being an absent hash field; and the idempotency key it was created with, to refresh it.
@@ -190,6 +196,11 @@ class RedisStore:
         self._keys = key_prefix(settings)
         self._ttl_ms = str(max(1, round(settings.task_record_ttl_seconds * 1000)))
         self._client = make_client(settings)
+{%- if not is_async %}
+        # The API's calls, each in a thread of the store's own: a silent Redis holds these, not the
+        # event loop's default executor, which others share.
+        self._executor = ThreadPoolExecutor(API_THREADS, thread_name_prefix="task-store")
+{%- endif %}
 
     async def start(self) -> None:
         """Nothing to do: the client connects on first use, so a Redis that is down fails no start."""
@@ -239,6 +250,7 @@ class RedisStore:
 {%- else %}
 
     async def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
         self._client.close()
 
     def write(self, updates: Sequence[Update]) -> None:
@@ -255,7 +267,7 @@ class RedisStore:
     async def _run(self, command: Callable[..., T], *args: Any) -> T:
         """A blocking call, off the event loop."""
         with self._failures():
-            return await asyncio.to_thread(command, *args)
+            return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(command, *args))
 {%- endif %}
 
     def _write_pipeline(self, updates: Sequence[Update]) -> redis.client.Pipeline:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 # Set once, in the process that starts the run, so that pytest-xdist's workers inherit the same directory.
 REPORTS = Path(os.environ.setdefault("TEMPLATE_FAULT_REPORTS", tempfile.mkdtemp(prefix="fault-reports-")))
-COLUMNS = ("sent", "processed", "duplicates", "lost")
+COLUMNS = ("sent", "processed", "duplicates", "lost", "recovered", "unexpected")
 
 
 def report_path(broker: str, consumer: str, store: str = "none") -> Path:
@@ -32,7 +32,7 @@ def totals() -> dict[tuple[str, str], dict[str, int]]:
         for tally in read(path):
             row = rows.setdefault((str(tally["scenario"]), path.stem), dict.fromkeys(COLUMNS, 0))
             for column in COLUMNS:
-                row[column] += int(str(tally[column]))
+                row[column] += int(str(tally.get(column, 0)))
     return rows
 
 

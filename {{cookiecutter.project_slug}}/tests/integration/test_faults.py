@@ -33,9 +33,10 @@ STORM_SECONDS = float(os.environ.get("FAULT_STORM_SECONDS", "5"))
 STORM_THREADS = 16
 
 
-def publish_until(client: TestClient, accepted: list[str], count: int, timeout: float = 60.0) -> None:
-    """POST `record` tasks until `count` were accepted. While the broker is away each answer is a
-    503, and every answer, 202 or 503, comes within 5 s: never a hang."""
+def publish_until(client: TestClient, accepted: list[str], count: int, timeout: float = 60.0) -> int:
+    """POST `record` tasks until `count` were accepted; return how many were refused. While the broker
+    is away each answer is a 503, and every answer, 202 or 503, comes within 5 s: never a hang."""
+    refused = 0
     deadline = time.monotonic() + timeout
     while len(accepted) < count:
         assert time.monotonic() < deadline, f"only {len(accepted)} of {count} tasks accepted in {timeout} s"
@@ -46,7 +47,9 @@ def publish_until(client: TestClient, accepted: list[str], count: int, timeout: 
         if response.status_code == 202:
             accepted.append(response.json()["id"])
         else:
+            refused += 1
             time.sleep(0.05)  # the publisher is reconnecting, with backoff
+    return refused
 
 
 def service_threads() -> set[threading.Thread]:
@@ -60,17 +63,18 @@ def test_cutting_every_connection_mid_stream_loses_nothing(
     settings = settings.model_copy(update={"broker_url": via(proxy, settings.broker_url)})
     proxy.up()
     accepted: list[str] = []
+    refused = 0
     with running(settings, registry) as client:
         wait_ready(client, timeout=30)
         for cut in range(CUTS):
-            publish_until(client, accepted, 40 * (cut + 1))
+            refused += publish_until(client, accepted, 40 * (cut + 1))
             assert recorder.wait_started(1)
             proxy.cut()  # publisher and consumer both lose their connections, messages in hand
-        publish_until(client, accepted, 40 * (CUTS + 1))
+        refused += publish_until(client, accepted, 40 * (CUTS + 1))
         assert eventually(lambda: set(recorder.finished) >= set(accepted), timeout=60), set(accepted) - set(
             recorder.finished
         )
-    result = tally("1 every connection cut mid-stream", accepted, recorder.finished)
+    result = tally("1 every connection cut mid-stream", accepted, recorder.finished, refused)
     assert result.lost == 0
     assert result.duplicates <= settings.prefetch_count * CUTS
 
@@ -84,12 +88,12 @@ def test_a_silent_connection_is_noticed_and_nothing_waits_forever(
     with running(settings, registry) as client:
         wait_ready(client, timeout=30)
         accepted: list[str] = []
-        publish_until(client, accepted, 1)
+        refused = publish_until(client, accepted, 1)
         assert recorder.wait_finished(1)
 
         proxy.freeze()  # every connection the service holds goes silent; new connections pass
         frozen = time.monotonic()
-        publish_until(client, accepted, 2, timeout=notice_within(settings))  # once the publisher noticed
+        refused += publish_until(client, accepted, 2, timeout=notice_within(settings))  # once the publisher noticed
         # The consumer noticed too, and reconnected: the new task is processed.
         left = notice_within(settings) - (time.monotonic() - frozen)
         assert eventually(lambda: set(recorder.finished) >= set(accepted), timeout=left)  # by id: not a redelivery
@@ -98,7 +102,7 @@ def test_a_silent_connection_is_noticed_and_nothing_waits_forever(
     # Shutting down with silent connections still open: no thread or task waits on them forever.
     assert time.monotonic() - stopping < settings.shutdown_timeout_seconds + 5
     assert eventually(lambda: service_threads() <= threads_before, timeout=10), service_threads() - threads_before
-    result = tally("3 connections gone silent", accepted, recorder.finished)
+    result = tally("3 connections gone silent", accepted, recorder.finished, refused)
     assert result.lost == 0
     assert noticed < notice_within(settings)
 

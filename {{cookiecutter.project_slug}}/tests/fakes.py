@@ -8,7 +8,7 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from {{ cookiecutter.project_slug }}.brokers import BrokerUnavailable
+from {{ cookiecutter.project_slug }}.brokers import BrokerUnavailable, OutcomeUnknown
 from {{ cookiecutter.project_slug }}.messages import TaskMessage, encode
 from {{ cookiecutter.project_slug }}.processing import Outcome, Processor, Verdict
 
@@ -26,6 +26,7 @@ class InMemoryBroker:
 
     available: bool = True
     hang: bool = False
+    unconfirmed: bool = False  # a publish is written, and then the connection drops before the confirm
     queue: deque[Envelope] = field(default_factory=deque)
     dead_letters: list[tuple[Envelope, str]] = field(default_factory=list)
     published: list[TaskMessage] = field(default_factory=list)
@@ -41,6 +42,8 @@ class InMemoryBroker:
         self.published.append(message)
         self.delays.append(delay_seconds)
         self.queue.append(Envelope(encode(message), dict(headers)))
+        if self.unconfirmed:
+            raise OutcomeUnknown("in-memory broker: the connection dropped before the confirm")
 
     async def ping(self) -> None:
         if self.hang:

@@ -191,14 +191,28 @@ def test_broker_down_gets_503_with_a_detail(client: TestClient, broker: InMemory
     assert broker.published == []
 
 
-def test_a_broker_that_never_answers_gets_503_within_the_timeout(client: TestClient, broker: InMemoryBroker) -> None:
+def test_a_broker_that_never_answers_gets_504_outcome_unknown_within_the_timeout(
+    client: TestClient, broker: InMemoryBroker
+) -> None:
     broker.hang = True
     timeouts = publish_failures("timeout")
     started = time.monotonic()
     response = client.post("/tasks", json=IMAGE_TASK)
-    assert response.status_code == 503
+    assert response.status_code == 504
+    assert "outcome unknown" in response.json()["detail"]
     assert time.monotonic() - started < 5
     assert publish_failures("timeout") == timeouts + 1
+
+
+def test_a_publish_written_but_not_confirmed_gets_504_not_503(client: TestClient, broker: InMemoryBroker) -> None:
+    """503 promises the task will not run; a message the broker may hold must not get one."""
+    broker.unconfirmed = True
+    timeouts = publish_failures("timeout")
+    response = client.post("/tasks", json=IMAGE_TASK)
+    assert response.status_code == 504
+    assert "outcome unknown" in response.json()["detail"]
+    assert publish_failures("timeout") == timeouts + 1
+    assert len(broker.published) == 1  # the broker may well run it
 
 
 def publish_failures(reason: str) -> float:
@@ -271,10 +285,13 @@ def test_metrics_expose_the_contract_counters(client: TestClient) -> None:
 def test_openapi_documents_every_status_and_content_type(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
 {%- if cookiecutter.task_store == "none" %}
-    assert set(paths["/tasks"]["post"]["responses"]) == {"202", "413", "415", "422", "503"}
+    assert set(paths["/tasks"]["post"]["responses"]) == {"202", "413", "415", "422", "503", "504"}
 {%- else %}
-    assert set(paths["/tasks"]["post"]["responses"]) == {"202", "409", "413", "415", "422", "503"}
+    assert set(paths["/tasks"]["post"]["responses"]) == {"202", "409", "413", "415", "422", "503", "504"}
     assert set(paths["/tasks/{task_id}"]["get"]["responses"]) == {"200", "404", "422", "503"}
 {%- endif %}
     assert set(paths["/health/ready"]["get"]["responses"]) == {"200", "503"}
+    answers = paths["/tasks"]["post"]["responses"]
+    assert "for certain" in answers["503"]["description"]
+    assert "outcome unknown" in answers["504"]["description"]
     assert "text/plain" in next(iter(paths["/metrics"]["get"]["responses"]["200"]["content"]))

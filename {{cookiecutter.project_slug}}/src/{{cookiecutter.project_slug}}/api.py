@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import uuid
 from collections.abc import Awaitable, Iterable, Mapping
 from typing import Annotated, Any, Literal
@@ -21,12 +20,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .brokers import BrokerUnavailable, Consumer, Publisher
 from .brokers.memory import is_memory
 from .logs import current_request_id, log_context
-from .messages import PUBLISHED_AT_HEADER, REQUEST_ID_HEADER, TaskMessage
-{%- if cookiecutter.task_store == "none" %}
-from .metrics import PUBLISH_FAILURES, TASKS_PUBLISHED
-{%- else %}
-from .metrics import PUBLISH_FAILURES, TASK_STORE_ERRORS, TASKS_PUBLISHED
+from .messages import TaskMessage
+{%- if cookiecutter.task_store != "none" %}
+from .metrics import TASK_STORE_ERRORS
 {%- endif %}
+{% if cookiecutter.task_store == "none" -%}
+from .publishing import publish
+{% else -%}
+from .publishing import PublishFailed, publish
+{% endif -%}
 from .settings import Settings
 {%- if cookiecutter.task_store != "none" %}
 from .store import StoreUnavailable
@@ -47,7 +49,6 @@ from .store.http import (
 )
 {%- endif %}
 from .tasks import TaskRegistry
-from .tracing import publish_span
 
 logger = logging.getLogger(__name__)
 
@@ -183,13 +184,25 @@ async def read_task_request(request: Request, registry: RegistryDep, settings: S
         415: {"model": ErrorDetail, "description": "The Content-Type is not application/json."},
 {%- if cookiecutter.task_store == "none" %}
         422: {"model": ValidationErrors, "description": "The body is not a valid task."},
-        503: {"model": ErrorDetail, "description": "The broker did not accept the task; retry later."},
+        503: {"model": ErrorDetail, "description": "The broker did not take the task, for certain; retry later."},
+        504: {
+            "model": ErrorDetail,
+            "description": "The broker did not confirm the task in time: outcome unknown, the task may run.",
+        },
 {%- else %}
         422: {
             "model": ValidationErrors,
             "description": "The body is not a valid task, or the Idempotency-Key was used with another body.",
         },
-        503: {"model": ErrorDetail, "description": "The broker or the task store did not take the task; retry later."},
+        503: {
+            "model": ErrorDetail,
+            "description": "The broker or the task store did not take the task, for certain; retry later.",
+        },
+        504: {
+            "model": ErrorDetail,
+            "description": "The broker did not confirm the task in time: outcome unknown, the task may run. "
+            "A retry with the same Idempotency-Key publishes it at most once more, under the same id.",
+        },
 {%- endif %}
     },
 )
@@ -263,33 +276,6 @@ async def get_task(task_id: Annotated[str, Path(max_length=200)], store: StoreDe
         raise HTTPException(status_code=404, detail="no such task (or its record expired)")
     return task_status(record)
 {%- endif %}
-
-
-class PublishFailed(HTTPException):
-    """A 503: the broker did not confirm the message. `outcome_unknown`: it did not answer in time, and
-    may have taken it; otherwise it certainly did not."""
-
-    def __init__(self, outcome_unknown: bool) -> None:
-        super().__init__(status_code=503, detail="broker unavailable, task not accepted; retry later")
-        self.outcome_unknown = outcome_unknown
-
-
-async def publish(message: TaskMessage, delay_seconds: float, settings: Settings, publisher: Publisher) -> None:
-    """Return once the broker has durably accepted the message; PublishFailed otherwise."""
-    request_id = current_request_id()
-    # A delayed task's time in the queue counts from when it is due, not from now.
-    headers = {REQUEST_ID_HEADER: request_id, PUBLISHED_AT_HEADER: f"{time.time() + delay_seconds:.6f}"}
-    try:
-        with publish_span(settings.queue_name, headers):
-            publishing = publisher.publish(message, headers, delay_seconds)
-            await asyncio.wait_for(publishing, timeout=settings.publish_timeout_seconds)
-    except (BrokerUnavailable, TimeoutError) as error:
-        reason = "timeout" if isinstance(error, TimeoutError) else "unavailable"
-        PUBLISH_FAILURES.labels(reason=reason).inc()
-        logger.warning("task not accepted (%s): %s", reason, error or "no answer in time")
-        raise PublishFailed(outcome_unknown=reason == "timeout") from None
-    TASKS_PUBLISHED.inc()
-    logger.info("task %s accepted", message.type)
 
 
 @router.get("/health/live")

@@ -13,7 +13,7 @@ TASKS_PROCESSED = Counter(
 )
 PUBLISH_FAILURES = Counter(
     "tasks_publish_failures",
-    "POST /tasks answered 503, by reason: unavailable (the broker refused or is unreachable) or timeout.",
+    "POST /tasks refused, by reason: unavailable (503, the broker refused or is away) or timeout (504, unconfirmed).",
     ["reason"],
 )
 TASKS_IN_HAND = Gauge(

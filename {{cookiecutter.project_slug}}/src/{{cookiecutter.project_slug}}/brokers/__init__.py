@@ -3,7 +3,7 @@ publisher and consumer; each broker lives in a package of its own beside this fi
 
 from __future__ import annotations
 
-from .base import BrokerUnavailable, Consumer, Delivery, Publisher
+from .base import BrokerUnavailable, Consumer, Delivery, OutcomeUnknown, Publisher
 from .{{ cookiecutter.broker }}.settings import BROKER_SCHEMES, DEFAULT_BROKER_URL, MESSAGING_SYSTEM, BrokerSettings
 
 __all__ = [
@@ -14,5 +14,6 @@ __all__ = [
     "BrokerUnavailable",
     "Consumer",
     "Delivery",
+    "OutcomeUnknown",
     "Publisher",
 ]

@@ -41,6 +41,10 @@ class BrokerUnavailable(Exception):
     """The broker did not durably accept the message; nothing was promised to the caller."""
 
 
+class OutcomeUnknown(BrokerUnavailable):
+    """The message was sent but its confirmation did not come: the broker may have it (a 504, not a 503)."""
+
+
 @dataclass(frozen=True, eq=False)
 class Delivery:
     """One message as a transport received it: what the processor reads, and what the broker

@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 
 from ..messages import TaskMessage
 from ..metrics import TASK_STORE_ERRORS
+from ..publishing import PublishFailed
 from ..settings import Settings
 from .base import STORE_TIMEOUT_SECONDS, NewRecord, Status, StoredRecord, StoreUnavailable, TaskStore
 
@@ -123,7 +124,7 @@ async def replay(holder: StoredRecord, asked: str, store: TaskStore, settings: S
         except StoreUnavailable as error:
             raise store_down(error) from None
     if record is None:  # the first request's task was not accepted, and it answered so
-        raise HTTPException(status_code=503, detail="broker unavailable, task not accepted; retry later")
+        raise PublishFailed(outcome_unknown=False)
     return Replay(record)
 
 

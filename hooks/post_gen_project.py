@@ -37,6 +37,7 @@ BROKER_FILES = {
         "tests/test_kafka_offsets.py",
         "tests/test_kafka_commits_threaded.py",
         "tests/test_kafka_waits.py",
+        "tests/test_kafka_publishing.py",
     ],
 }
 

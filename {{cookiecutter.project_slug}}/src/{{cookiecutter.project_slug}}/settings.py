@@ -38,7 +38,7 @@ class Settings(BrokerSettings):
     handler_threads: int = Field(8, ge=1, le=256, description="Threads that run handlers in one consumer.")
 {%- endif %}
     publish_timeout_seconds: float = Field(
-        3.0, gt=0, le=4.5, description="How long POST /tasks waits for the broker before answering 503."
+        3.0, gt=0, le=4.5, description="How long POST /tasks waits for the broker before answering 504."
     )
     ready_timeout_seconds: float = Field(2.0, gt=0, description="How long /health/ready waits for the broker.")
     shutdown_timeout_seconds: float = Field(

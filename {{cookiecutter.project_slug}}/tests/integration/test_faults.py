@@ -94,7 +94,13 @@ def test_a_silent_connection_is_noticed_and_nothing_waits_forever(
 
         proxy.freeze()  # every connection the service holds goes silent; new connections pass
         frozen = time.monotonic()
-        refused += publish_until(client, accepted, 2, timeout=notice_within(settings))  # once the publisher noticed
+        # Sent into the silence: the broker may have it, so the answer is "outcome unknown", never a 503.
+        unknown = client.post("/tasks", json={"type": "record", "payload": {}})
+        assert unknown.status_code == 504, unknown.text
+        assert "outcome unknown" in unknown.json()["detail"]
+        refused += 1
+        left = notice_within(settings) - (time.monotonic() - frozen)
+        refused += publish_until(client, accepted, 2, timeout=left)  # once the publisher noticed
         # The consumer noticed too, and reconnected: the new task is processed.
         left = notice_within(settings) - (time.monotonic() - frozen)
         assert eventually(lambda: set(recorder.finished) >= set(accepted), timeout=left)  # by id: not a redelivery

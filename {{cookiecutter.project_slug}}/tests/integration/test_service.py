@@ -150,7 +150,7 @@ def test_a_delayed_task_starts_no_sooner_than_asked_and_holds_back_no_other(
 ) -> None:
     with running(settings, registry) as client:
         wait_ready(client)
-        # Ready is not yet consuming: a Kafka consumer may still be joining its group. Once a task
+        # Ready is not yet consuming: a consumer may still be joining its group. Once a task
         # has run, the consumer has its partitions, and a task held back could only be held by the delay.
         first = post(client, "record")
         assert recorder.wait_finished(1)

@@ -15,11 +15,24 @@ from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, UnknownError
+from aiokafka.errors import (
+    ClusterAuthorizationFailedError,
+    CorruptRecordException,
+    InvalidRequiredAcksError,
+    InvalidTimestampError,
+    InvalidTopicError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    NotEnoughReplicasError,
+    RecordListTooLargeError,
+    TopicAuthorizationFailedError,
+    UnknownError,
+    UnknownTopicOrPartitionError,
+)
 
 from ...messages import TaskMessage, encode
 from ...runner_asynchronous import connect_in_background
-from ..base import BrokerUnavailable, Delivery, text_headers
+from ..base import BrokerUnavailable, Delivery, OutcomeUnknown, text_headers
 from .records import (
     Partition,
     PartitionedTransport,
@@ -54,6 +67,20 @@ CLIENT_LOGGERS = ("aiokafka",)
 TOPIC_ALREADY_EXISTS = 36
 REQUEST_TIMEOUT_MARGIN_MS = 5000
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (KafkaError, OSError)
+# The broker's answers that mean it did not append the batch. After any other error (a timeout, a lost
+# connection, NotEnoughReplicasAfterAppend) it may hold the message: the outcome is unknown.
+REFUSED: tuple[type[BaseException], ...] = (
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    NotEnoughReplicasError,
+    UnknownTopicOrPartitionError,
+    InvalidTopicError,
+    TopicAuthorizationFailedError,
+    ClusterAuthorizationFailedError,
+    InvalidRequiredAcksError,
+    CorruptRecordException,
+    InvalidTimestampError,
+)
 
 
 async def ensure_topics(settings: Settings) -> None:
@@ -138,12 +165,17 @@ class BrokerPublisher:
     async def publish(self, message: TaskMessage, headers: Mapping[str, str], delay_seconds: float = 0.0) -> None:
         producer = self._connected()
         topic, sent_headers = destination(self._settings, headers, delay_seconds)
-        try:
-            await producer.send_and_wait(
-                topic, value=encode(message), key=message.id.encode(), headers=sent_headers or None
-            )
+        try:  # into the producer's batch: nothing is sent yet
+            key, value = message.id.encode(), encode(message)
+            sent = await producer.send(topic, value=value, key=key, headers=sent_headers or None)
         except CONNECTION_ERRORS as error:
-            raise BrokerUnavailable(f"Kafka did not acknowledge the message: {error!r}") from error
+            raise BrokerUnavailable(f"Kafka did not take the message: {error!r}") from error
+        try:
+            await sent
+        except REFUSED as error:
+            raise BrokerUnavailable(f"Kafka refused the message: {error!r}") from error
+        except CONNECTION_ERRORS as error:
+            raise OutcomeUnknown(f"Kafka did not acknowledge the message, it may hold it: {error!r}") from error
 
     async def ping(self) -> None:
         producer = self._connected()

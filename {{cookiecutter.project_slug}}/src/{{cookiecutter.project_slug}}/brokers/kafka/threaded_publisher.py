@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from ...messages import TaskMessage, encode
-from ..base import BrokerUnavailable
+from ..base import BrokerUnavailable, OutcomeUnknown
 from .threaded_config import producer_config
 from .threaded_topics import POLL_SECONDS, TopicCreation
 from .waits import destination
@@ -24,6 +24,34 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 FLUSH_SECONDS = 5.0  # for messages still in flight at close
+# Delivery errors that mean the broker did not append the message. After any other (a timeout, a lost
+# connection, NOT_ENOUGH_REPLICAS_AFTER_APPEND) it may hold it: the outcome is unknown.
+REFUSED = frozenset(
+    {
+        KafkaError.MSG_SIZE_TOO_LARGE,
+        KafkaError.RECORD_LIST_TOO_LARGE,
+        KafkaError.NOT_ENOUGH_REPLICAS,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError._UNKNOWN_TOPIC,
+        KafkaError._UNKNOWN_PARTITION,
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+        KafkaError.INVALID_REQUIRED_ACKS,
+        KafkaError.INVALID_RECORD,
+        KafkaError.INVALID_TIMESTAMP,
+        KafkaError.POLICY_VIOLATION,
+        KafkaError.PRODUCER_FENCED,
+        KafkaError._FENCED,
+        KafkaError._QUEUE_FULL,
+    }
+)
+
+
+def delivery_failure(error: KafkaError) -> BrokerUnavailable:
+    """The exception for a failed delivery report: a refusal (503), or OutcomeUnknown (504)."""
+    if error.code() in REFUSED:
+        return BrokerUnavailable(f"Kafka did not accept the message: {error}")
+    return OutcomeUnknown(f"Kafka did not confirm the message, it may hold it: {error}")
 
 
 class BrokerPublisher:
@@ -55,7 +83,7 @@ class BrokerPublisher:
             if error is None:
                 delivered.set_result(None)
                 return
-            delivered.set_exception(BrokerUnavailable(f"Kafka did not accept the message: {error}"))
+            delivered.set_exception(delivery_failure(error))
             if error.code() == KafkaError.PRODUCER_FENCED:
                 self._on_fatal(error)  # a fenced producer never sends again
 

@@ -6,9 +6,9 @@ from functools import lru_cache
 from urllib.parse import urlsplit
 
 {% if cookiecutter.task_store == "none" -%}
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 {% else -%}
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 {% endif -%}
 from pydantic_settings import SettingsConfigDict
 
@@ -109,4 +109,17 @@ def address(url: str) -> str:
 
 @lru_cache
 def get_settings() -> Settings:
-    return Settings()
+    """The settings from the environment; a value the service cannot use stops it in one line."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        raise SystemExit(f"invalid configuration: {one_line(error)}") from None
+
+
+def one_line(error: ValidationError) -> str:
+    """`NAME: what is wrong` for each setting refused, as the environment spells its name."""
+    lines = []
+    for each in error.errors():
+        name, what = "_".join(map(str, each["loc"])).upper() or "settings", each["msg"].removeprefix("Value error, ")
+        lines.append(what if what.startswith(name) else f"{name}: {what}")
+    return "; ".join(lines)

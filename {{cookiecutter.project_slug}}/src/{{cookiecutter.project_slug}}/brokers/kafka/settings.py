@@ -33,12 +33,22 @@ class BrokerSettings(BaseSettings):
     @field_validator("broker_url")
     @classmethod
     def _check_broker_url(cls, value: str) -> str:
-        return check_scheme(value, BROKER_SCHEMES)
+        if urlsplit(check_scheme(value, BROKER_SCHEMES)).scheme == "kafka":
+            servers(value)  # a server the client cannot use fails here, not in its endless retries
+        return value
 
     @property
     def bootstrap_servers(self) -> str:
         """`host:port,host:port` from `kafka://host:port,host:port`."""
-        return ",".join(
-            address if ":" in address else f"{address}:{BROKER_SCHEMES['kafka']}"
-            for address in urlsplit(self.broker_url).netloc.rpartition("@")[2].split(",")
-        )
+        return ",".join(f"{host}:{port}" for host, port in servers(self.broker_url))
+
+
+def servers(url: str) -> list[tuple[str, int]]:
+    """The (host, port) of each bootstrap server in `kafka://host[:port],host[:port]`; ValueError for one unusable."""
+    found = []
+    for server in urlsplit(url).netloc.rpartition("@")[2].split(","):
+        host, colon, port = server.rpartition(":") if ":" in server else (server, "", "")
+        if not host or (colon and not (port.isdigit() and 0 < int(port) < 65536)):
+            raise ValueError(f"BROKER_URL names a server Kafka clients cannot use: {server!r} (host:port expected)")
+        found.append((host, int(port) if colon else BROKER_SCHEMES["kafka"]))
+    return found

@@ -33,6 +33,7 @@ class Producer:
 def publish_with(producer: Producer) -> None:
     publisher = BrokerPublisher(Settings())
     publisher._producer = producer
+    publisher._reach.answered()
     asyncio.run(publisher.publish(TaskMessage(id="t-1", type="record", payload={}), {}))
 
 
@@ -48,13 +49,30 @@ def test_a_message_refused_or_never_sent_is_not_accepted(error: Exception) -> No
 def test_a_message_sent_and_not_acknowledged_has_an_unknown_outcome(error: Exception) -> None:
     with pytest.raises(OutcomeUnknown):
         publish_with(Producer(on_delivery=error))
+
+
+def test_after_an_unanswered_publish_the_next_is_refused_at_once_until_a_probe_answers() -> None:
+    publisher = BrokerPublisher(Settings())
+    publisher._producer = Producer(on_delivery=RequestTimedOutError())
+    publisher._reach.answered()
+    message = TaskMessage(id="t-1", type="record", payload={})
+    with pytest.raises(OutcomeUnknown):
+        asyncio.run(publisher.publish(message, {}))
+    publisher._producer = Producer(on_send=AssertionError("a message was handed to the client"))
+    with pytest.raises(BrokerUnavailable, match="unreachable") as raised:
+        asyncio.run(publisher.publish(message, {}))
+    assert not isinstance(raised.value, OutcomeUnknown)
 {%- else %}
+
+import asyncio
 
 import pytest
 from confluent_kafka import KafkaError
 
-from {{ cookiecutter.project_slug }}.brokers.base import OutcomeUnknown
-from {{ cookiecutter.project_slug }}.brokers.kafka.threaded_publisher import delivery_failure
+from {{ cookiecutter.project_slug }}.brokers.base import BrokerUnavailable, OutcomeUnknown
+from {{ cookiecutter.project_slug }}.brokers.kafka.threaded_publisher import BrokerPublisher, delivery_failure
+from {{ cookiecutter.project_slug }}.messages import TaskMessage
+from {{ cookiecutter.project_slug }}.settings import Settings
 
 
 @pytest.mark.parametrize(
@@ -75,4 +93,12 @@ def test_a_message_the_broker_refused_is_not_accepted(code: int) -> None:
 )
 def test_a_message_sent_and_not_acknowledged_has_an_unknown_outcome(code: int) -> None:
     assert isinstance(delivery_failure(KafkaError(code)), OutcomeUnknown)
+
+
+def test_a_publisher_that_has_not_reached_the_brokers_refuses_at_once_without_sending() -> None:
+    """Nothing answered yet (its thread has not probed): a 503 now beats a 504 for a message never sent."""
+    publisher = BrokerPublisher(Settings(broker_url="kafka://127.0.0.1:1"))
+    with pytest.raises(BrokerUnavailable, match="unreachable") as raised:
+        asyncio.run(publisher.publish(TaskMessage(id="t-1", type="record", payload={}), {}))
+    assert not isinstance(raised.value, OutcomeUnknown)
 {%- endif %}

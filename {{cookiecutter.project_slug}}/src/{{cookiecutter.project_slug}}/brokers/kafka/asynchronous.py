@@ -33,6 +33,7 @@ from aiokafka.errors import (
 from ...messages import TaskMessage, encode
 from ...runner_asynchronous import connect_in_background
 from ..base import BrokerUnavailable, Delivery, OutcomeUnknown, text_headers
+from .reachability import PROBE_SECONDS, Reachability
 from .records import (
     Partition,
     PartitionedTransport,
@@ -136,6 +137,7 @@ class BrokerPublisher:
         self._producer: Any = None
         self._stopping = asyncio.Event()
         self._connecting: asyncio.Task[None] | None = None
+        self._reach = Reachability()
 
     async def start(self) -> None:
         what = f"publisher ({self._settings.broker_address})"
@@ -151,15 +153,31 @@ class BrokerPublisher:
             await producer.stop()
             raise
         self._producer = producer
+        self._reach.answered()
         connected()
         logger.info("publisher connected to %s", self._settings.broker_address)
-        await self._stopping.wait()
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), PROBE_SECONDS)
+            if self._reach.probe_due():
+                await self._probe(producer)
         self._producer = None
         await producer.stop()
+
+    async def _probe(self, producer: Any) -> None:
+        try:
+            await asyncio.wait_for(producer.client.fetch_all_metadata(), PROBE_SECONDS)
+        except TimeoutError:
+            return  # still away
+        except CONNECTION_ERRORS:
+            return
+        self._reach.answered()
 
     def _connected(self) -> Any:
         if self._producer is None:
             raise BrokerUnavailable(f"not connected to Kafka at {self._settings.broker_address}")
+        if not self._reach.up:
+            raise BrokerUnavailable(f"Kafka at {self._settings.broker_address} is unreachable")
         return self._producer
 
     async def publish(self, message: TaskMessage, headers: Mapping[str, str], delay_seconds: float = 0.0) -> None:
@@ -169,20 +187,28 @@ class BrokerPublisher:
             key, value = message.id.encode(), encode(message)
             sent = await producer.send(topic, value=value, key=key, headers=sent_headers or None)
         except CONNECTION_ERRORS as error:
+            self._reach.lost()
             raise BrokerUnavailable(f"Kafka did not take the message: {error!r}") from error
         try:
             await sent
         except REFUSED as error:
             raise BrokerUnavailable(f"Kafka refused the message: {error!r}") from error
         except CONNECTION_ERRORS as error:
+            self._reach.lost()  # the next publishes are refused until a probe answers
             raise OutcomeUnknown(f"Kafka did not acknowledge the message, it may hold it: {error!r}") from error
+        except asyncio.CancelledError:  # the caller's deadline passed: unanswered too
+            self._reach.lost()
+            raise
+        self._reach.answered()
 
     async def ping(self) -> None:
         producer = self._connected()
         try:
             await producer.client.fetch_all_metadata()
         except CONNECTION_ERRORS as error:
+            self._reach.lost()
             raise BrokerUnavailable(f"Kafka did not answer: {error!r}") from error
+        self._reach.answered()
 
     async def close(self) -> None:
         self._stopping.set()

@@ -14,6 +14,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from ...messages import TaskMessage, encode
 from ..base import BrokerUnavailable, OutcomeUnknown
+from .reachability import PROBE_SECONDS, Reachability
 from .threaded_config import producer_config
 from .threaded_topics import POLL_SECONDS, TopicCreation
 from .waits import destination
@@ -60,6 +61,7 @@ class BrokerPublisher:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._fatal = threading.Event()
+        self._reach = Reachability()
         self._producer = self._new_producer()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="broker-publisher", daemon=True)
@@ -81,12 +83,18 @@ class BrokerPublisher:
 
         def on_delivery(error: KafkaError | None, _: Message) -> None:
             if error is None:
+                self._reach.answered()
                 delivered.set_result(None)
                 return
-            delivered.set_exception(delivery_failure(error))
+            failure = delivery_failure(error)
+            if isinstance(failure, OutcomeUnknown):
+                self._reach.lost()  # unanswered: the next publishes are refused until a probe answers
+            delivered.set_exception(failure)
             if error.code() == KafkaError.PRODUCER_FENCED:
                 self._on_fatal(error)  # a fenced producer never sends again
 
+        if not self._reach.up:
+            raise BrokerUnavailable(f"Kafka at {self._settings.broker_address} is unreachable")
         topic, sent_headers = destination(self._settings, headers, delay_seconds)
         produced: list[tuple[str, str | bytes | None]] = [*sent_headers]
         try:
@@ -110,7 +118,9 @@ class BrokerPublisher:
                 self._producer.list_topics, queue_name, self._settings.ready_timeout_seconds
             )
         except KafkaException as error:
+            self._reach.lost()
             raise BrokerUnavailable(f"Kafka at {self._settings.broker_address} did not answer: {error}") from error
+        self._reach.answered()
         topic = metadata.topics.get(queue_name)
         if topic is None or topic.error is not None:
             raise BrokerUnavailable(f"no topic {queue_name!r} yet: {topic.error if topic else 'unknown'}")
@@ -126,6 +136,8 @@ class BrokerPublisher:
             try:
                 self._producer.poll(POLL_SECONDS)  # runs the delivery reports
                 topics.step()
+                if self._reach.probe_due():
+                    self._probe()
                 if self._fatal.is_set():
                     self._replace_producer()
             except Exception:
@@ -135,6 +147,13 @@ class BrokerPublisher:
         unconfirmed = self._producer.flush(FLUSH_SECONDS)
         if unconfirmed:
             logger.warning("publisher closed with %d message(s) unconfirmed", unconfirmed)
+
+    def _probe(self) -> None:
+        try:
+            self._producer.list_topics(self._settings.queue_name, PROBE_SECONDS)
+        except KafkaException:
+            return  # still away
+        self._reach.answered()
 
     def _replace_producer(self) -> None:
         logger.warning("publisher's producer cannot go on; replacing it")

@@ -201,7 +201,7 @@ def judge(settings: Settings, replies: list[Any]) -> None:
 
 def refused(settings: Settings, error: RedisError) -> BrokerUnavailable:
     """An error reply (out of memory, READONLY, ...): Redis did not apply the command."""
-    return BrokerUnavailable(f"Redis at {settings.broker_address} refused the task: {error}")
+    return BrokerUnavailable(f"Redis at {settings.broker_address} refused the task: {type(error).__name__}: {error}")
 
 
 def unsent(settings: Settings, error: RedisError) -> BrokerUnavailable:

@@ -40,7 +40,7 @@ def test_a_plain_url_is_not_a_sentinel_one() -> None:
         ("redis+sentinel://,s2/mymaster", "address is empty"),
         ("redis://localhost:port/0", "Port could not be cast"),
         ("redis://localhost:6379/first", "database must be a number"),
-        ("amqp://localhost:5672/", "must start with"),
+        ("http://localhost:6379/0", "must start with"),
     ],
 )
 def test_a_url_the_client_cannot_use_fails_at_start_up_saying_why(url: str, says: str) -> None:

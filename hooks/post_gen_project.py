@@ -29,6 +29,10 @@ BROKER_FILES = {
         f"{PACKAGE}/brokers/redis",
         "tests/integration/probes/redis",
         "tests/integration/test_redis.py",
+        "tests/integration/redis_server.py",
+        "tests/integration/test_redis_faults.py",
+        "tests/integration/test_redis_sentinel.py",
+        "tests/test_redis_urls.py",
     ],
     "kafka": [
         f"{PACKAGE}/brokers/kafka",

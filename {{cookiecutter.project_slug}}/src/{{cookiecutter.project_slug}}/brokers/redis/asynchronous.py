@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import redis.asyncio as redis
 from redis.asyncio.retry import Retry
-from redis.exceptions import RedisError
+from redis.asyncio.sentinel import Sentinel
+from redis.exceptions import RedisError, ResponseError
 
 from ...messages import TaskMessage, encode
 from ..base import BrokerUnavailable, Delivery
 from . import streams
+from .connections import primary_options, sentinel_options
+from .settings import sentinel_target
 from .streams import CLIENT_LOGGERS
 
 if TYPE_CHECKING:
@@ -25,9 +28,13 @@ __all__ = ["CLIENT_LOGGERS", "BrokerPublisher", "BrokerTransport"]
 
 
 def make_client(settings: Settings, name: str) -> redis.Redis:
-    return redis.Redis.from_url(
-        settings.broker_url, retry=Retry(streams.retry_backoff(), 2), **streams.client_options(name)
-    )
+    """A client for BROKER_URL: direct, or to the primary Sentinel names (asked again on each reconnect)."""
+    options = {**streams.client_options(name), "retry": Retry(streams.retry_backoff(), 2)}
+    target = sentinel_target(settings.broker_url)
+    if target is None:
+        return redis.Redis.from_url(settings.broker_url, **options)
+    sentinel = cast("Any", Sentinel)(list(target.sentinels), sentinel_kwargs=sentinel_options(target))  # untyped
+    return cast("redis.Redis", sentinel.master_for(target.master, **options, **primary_options(target)))
 
 
 async def drive(client: redis.Redis, steps: streams.Steps[Any]) -> Any:
@@ -51,15 +58,39 @@ class BrokerPublisher:
         """Nothing to do: connections are made on first use, and the consumers declare the group."""
 
     async def publish(self, message: TaskMessage, headers: Mapping[str, str], delay_seconds: float = 0.0) -> None:
-        body = encode(message)
+        commands = streams.publish_commands(self._settings, encode(message), headers, message.id, delay_seconds)
+        streams.judge(self._settings, await self._send(commands))
+
+    async def _send(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """The commands on one connection of the pool, and their replies (an error reply in its place).
+        Not the client's own retries: a command resent after its reply was lost may have been applied
+        twice, and a refusal must be told from a lost reply (503 against 504)."""
+        pool = self._client.connection_pool
         try:
-            if delay_seconds > 0:
-                arguments = streams.delay_arguments(self._settings, body, headers, message.id, delay_seconds)
-                await self._client.eval(*arguments)
-            else:
-                await self._client.xadd(self._settings.queue_name, streams.publish_fields(body, headers))
+            connection: Any = await cast("Any", pool).get_connection()  # untyped
         except RedisError as error:
-            raise BrokerUnavailable(f"Redis at {self._settings.broker_address} failed: {error!r}") from error
+            raise streams.unsent(self._settings, error) from error
+        replies: list[Any] = []
+        clean = False
+        try:
+            for sent, command in enumerate(commands):
+                try:
+                    await connection.send_command(*command)
+                except RedisError as error:
+                    raise (streams.unanswered if sent else streams.unsent)(self._settings, error) from error
+            for _ in commands:
+                try:
+                    replies.append(await connection.read_response())
+                except ResponseError as error:
+                    replies.append(error)
+                except RedisError as error:
+                    raise streams.read_failure(self._settings, error, first=not replies) from error
+            clean = True
+        finally:
+            if not clean:  # an error, or the deadline cancelled us: a reply may still be on its way
+                await connection.disconnect()
+            await pool.release(connection)
+        return replies
 
     async def ping(self) -> None:
         try:

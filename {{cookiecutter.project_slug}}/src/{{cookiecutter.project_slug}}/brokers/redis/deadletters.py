@@ -11,7 +11,8 @@ import redis
 
 from ...deadletters import DeadLetter, Progress, described
 from ..base import BrokerUnavailable
-from .streams import BODY_FIELD, Entry, client_options
+from .connections import blocking_client
+from .streams import BODY_FIELD, Entry
 
 if TYPE_CHECKING:
     from ...settings import Settings
@@ -29,7 +30,7 @@ class DeadLetterQueue:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self.name = settings.dead_letter_queue
-        self._client = redis.Redis.from_url(settings.broker_url, **client_options("deadletters"))
+        self._client = blocking_client(settings, "deadletters")
         try:
             self._client.ping()
         except redis.RedisError as error:

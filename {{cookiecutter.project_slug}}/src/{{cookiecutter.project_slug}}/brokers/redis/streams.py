@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from prometheus_client import Gauge
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from redis.typing import EncodableT, FieldT
 
-from ..base import Delivery, text_headers
+from ..base import BrokerUnavailable, Delivery, OutcomeUnknown, text_headers
 
 if TYPE_CHECKING:
     from ...settings import Settings
@@ -129,11 +129,6 @@ def task_fields(body: bytes, headers: Mapping[str, str]) -> dict[bytes, bytes]:
     return {**{key.encode(): value.encode() for key, value in headers.items()}, BODY_FIELD: body}
 
 
-def publish_fields(body: bytes, headers: Mapping[str, str]) -> Fields:
-    """A new task's entry, as XADD takes it."""
-    return dict(task_fields(body, headers).items())
-
-
 def dead_letter_fields(
     fields: Mapping[bytes, bytes], entry_id: bytes, reason: str, deliveries: int, attempts: int
 ) -> Fields:
@@ -167,6 +162,64 @@ def delay_arguments(
     """EVAL's arguments that put a new task in the delayed set, due in `delay_seconds`."""
     member = delayed_member(task_fields(body, headers), task_id)
     return (DELAY_SCRIPT, 1, delayed_set(settings), round(delay_seconds * 1000), member)
+
+
+def publish_commands(
+    settings: Settings, body: bytes, headers: Mapping[str, str], task_id: str, delay_seconds: float
+) -> list[tuple[Any, ...]]:
+    """What a publisher sends, on one connection: XADD (or the delay script), then, with
+    REDIS_WAIT_REPLICAS, WAIT for that many replicas to hold it (WAIT counts this connection's writes)."""
+    if delay_seconds > 0:
+        commands: list[tuple[Any, ...]] = [("EVAL", *delay_arguments(settings, body, headers, task_id, delay_seconds))]
+    else:
+        flat = [part for key, value in task_fields(body, headers).items() for part in (key, value)]
+        commands = [("XADD", settings.queue_name, "*", *flat)]
+    if settings.redis_wait_replicas:
+        commands.append(("WAIT", settings.redis_wait_replicas, wait_milliseconds(settings)))
+    return commands
+
+
+def wait_milliseconds(settings: Settings) -> int:
+    """WAIT's timeout: half the publish deadline, so a short count is answered (504) before the deadline is."""
+    return max(1, int(settings.publish_timeout_seconds * 500))
+
+
+def judge(settings: Settings, replies: list[Any]) -> None:
+    """Raise unless the replies to publish_commands say Redis holds the task (and enough replicas do)."""
+    first = replies[0]
+    if isinstance(first, ResponseError):
+        raise refused(settings, first)
+    if settings.redis_wait_replicas:
+        held_by = replies[1]
+        if isinstance(held_by, ResponseError) or int(held_by) < settings.redis_wait_replicas:
+            raise OutcomeUnknown(
+                f"Redis at {settings.broker_address} holds the task but {held_by} of the"
+                f" {settings.redis_wait_replicas} replicas asked for acknowledged it within"
+                f" {wait_milliseconds(settings)} ms: a failover now could lose it"
+            )
+
+
+def refused(settings: Settings, error: RedisError) -> BrokerUnavailable:
+    """An error reply (out of memory, READONLY, ...): Redis did not apply the command."""
+    return BrokerUnavailable(f"Redis at {settings.broker_address} refused the task: {type(error).__name__}: {error}")
+
+
+def unsent(settings: Settings, error: RedisError) -> BrokerUnavailable:
+    """No connection, or the command could not be written whole: Redis cannot have applied it."""
+    return BrokerUnavailable(f"Redis at {settings.broker_address} unreachable, the task not sent: {error!r}")
+
+
+def unanswered(settings: Settings, error: RedisError) -> OutcomeUnknown:
+    """The command went out and its reply did not come: Redis may hold the task."""
+    return OutcomeUnknown(f"Redis at {settings.broker_address} sent no reply to the task ({error!r}): outcome unknown")
+
+
+def read_failure(settings: Settings, error: RedisError, first: bool) -> BrokerUnavailable:
+    """What a failed read of a reply means: Sentinel's client turns READONLY (a demoted primary that
+    did not apply the command) into a ConnectionError, which is still a refusal; anything else may not be."""
+    if first and isinstance(error.__context__, ResponseError):
+        return refused(settings, error.__context__)
+    return unanswered(settings, error)
 
 
 def entries_of(response: Any) -> list[Entry]:

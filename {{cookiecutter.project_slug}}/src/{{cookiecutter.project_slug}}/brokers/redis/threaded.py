@@ -12,23 +12,18 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import redis
-from redis.retry import Retry
+from redis.exceptions import ResponseError
 
 from ...messages import TaskMessage, encode
 from ..base import BrokerUnavailable, Delivery
 from . import streams
+from .connections import blocking_client
 from .streams import CLIENT_LOGGERS
 
 if TYPE_CHECKING:
     from ...settings import Settings
 
 __all__ = ["CLIENT_LOGGERS", "BrokerPublisher", "BrokerTransport"]
-
-
-def make_client(settings: Settings, name: str) -> redis.Redis:
-    return redis.Redis.from_url(
-        settings.broker_url, retry=Retry(streams.retry_backoff(), 2), **streams.client_options(name)
-    )
 
 
 def drive(client: redis.Redis, steps: streams.Steps[Any]) -> Any:
@@ -44,7 +39,7 @@ class BrokerPublisher:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._client = make_client(settings, "publisher")
+        self._client = blocking_client(settings, "publisher")
         self._executor = ThreadPoolExecutor(16, thread_name_prefix="broker-publisher")
 
     async def start(self) -> None:
@@ -57,13 +52,40 @@ class BrokerPublisher:
             raise BrokerUnavailable(f"Redis at {self._settings.broker_address} failed: {error!r}") from error
 
     async def publish(self, message: TaskMessage, headers: Mapping[str, str], delay_seconds: float = 0.0) -> None:
-        body = encode(message)
-        if delay_seconds > 0:
-            arguments = streams.delay_arguments(self._settings, body, headers, message.id, delay_seconds)
-            await self._call(functools.partial(self._client.eval, *arguments))
-        else:
-            fields = streams.publish_fields(body, headers)
-            await self._call(functools.partial(self._client.xadd, self._settings.queue_name, fields))
+        commands = streams.publish_commands(self._settings, encode(message), headers, message.id, delay_seconds)
+        replies = await self._call(functools.partial(self._send, commands))
+        streams.judge(self._settings, replies)
+
+    def _send(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """The commands on one connection of the pool, and their replies (an error reply in its place).
+        Not the client's own retries: a command resent after its reply was lost may have been applied
+        twice, and a refusal must be told from a lost reply (503 against 504)."""
+        pool = self._client.connection_pool
+        try:
+            connection: Any = pool.get_connection()  # its methods are untyped
+        except redis.RedisError as error:
+            raise streams.unsent(self._settings, error) from error
+        replies: list[Any] = []
+        clean = False
+        try:
+            for sent, command in enumerate(commands):
+                try:
+                    connection.send_command(*command)
+                except redis.RedisError as error:
+                    raise (streams.unanswered if sent else streams.unsent)(self._settings, error) from error
+            for _ in commands:
+                try:
+                    replies.append(connection.read_response())
+                except ResponseError as error:
+                    replies.append(error)
+                except redis.RedisError as error:
+                    raise streams.read_failure(self._settings, error, first=not replies) from error
+            clean = True
+        finally:
+            if not clean:
+                connection.disconnect()  # a reply may still be on its way: nobody else may read it
+            pool.release(connection)
+        return replies
 
     async def ping(self) -> None:
         await self._call(functools.partial(self._client.ping))
@@ -82,7 +104,7 @@ class BrokerTransport(streams.StreamTransport):
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings, capacity=settings.prefetch_count)
-        self._client = make_client(settings, f"consumer:{settings.consumer_name}")
+        self._client = blocking_client(settings, f"consumer:{settings.consumer_name}")
 
     def open(self) -> str:
         drive(self._client, self._stream.declare())

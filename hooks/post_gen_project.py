@@ -24,6 +24,8 @@ BROKER_FILES = {
         "tests/integration/test_rabbitmq.py",
         "tests/test_rabbitmq_acks.py",
         "tests/test_rabbitmq_waits.py",
+        "tests/test_rabbitmq_settings.py",
+        "tests/test_rabbitmq_blocked_*.py",
     ],
     "redis": [
         f"{PACKAGE}/brokers/redis",

@@ -26,6 +26,7 @@ from ...messages import CONTENT_TYPE, TaskMessage, encode
 from ...runner_asynchronous import connect_in_background
 from ..base import BrokerUnavailable, Delivery, OutcomeUnknown, text_headers
 from .topology import (
+    PROBE_ROUTING_KEY,
     WaitQueues,
     copied_properties,
     dead_letter_headers,
@@ -177,6 +178,9 @@ class BrokerPublisher:
             )
         except (DeliveryError, PublishError) as error:
             self._wait_queues.clear()  # a wait queue deleted meanwhile is declared again next time
+            if isinstance(error, PublishError):  # returned: no queue took it; the task queue was deleted?
+                with contextlib.suppress(TimeoutError, *CONNECTION_EXCEPTIONS):
+                    await asyncio.wait_for(declare_topology(channel, self._settings), 1.0)
             raise BrokerUnavailable(f"RabbitMQ refused the message: {error!r}") from error
         except (TimeoutError, *CONNECTION_EXCEPTIONS) as error:
             raise OutcomeUnknown(f"RabbitMQ did not confirm the message: {error!r}") from error
@@ -205,7 +209,10 @@ class BrokerPublisher:
             # The underlying channel: the robust one answers a passive declare from its cache.
             underlay = await channel.get_underlay_channel()
             await underlay.queue_declare(self._settings.queue_name, passive=True)
-        except (TimeoutError, *CONNECTION_EXCEPTIONS) as error:
+            # Learn of an alarm before a task is written into it (see PROBE_ROUTING_KEY).
+            probe = aio_pika.Message(b"")
+            await channel.default_exchange.publish(probe, routing_key=PROBE_ROUTING_KEY, mandatory=False)
+        except (TimeoutError, DeliveryError, PublishError, *CONNECTION_EXCEPTIONS) as error:
             raise BrokerUnavailable(f"RabbitMQ did not answer: {error!r}") from error
 
     async def close(self) -> None:
@@ -240,6 +247,9 @@ class BrokerTransport:
         self._channel = await open_channel(self._connection)
         await self._channel.set_qos(prefetch_count=self._settings.prefetch_count)
         self._queue = await declare_topology(self._channel, self._settings)
+        # RabbitMQ cancels the consumer when its queue is deleted: reconnect, declaring it again.
+        underlay = await self._channel.get_underlay_channel()
+        underlay.on_consumer_cancel_callbacks.add(self._on_close)
         self._consumer_tag = await self._queue.consume(self._received.put, no_ack=False)
         return f"{self._settings.queue_name!r} from {self._settings.broker_address}"
 

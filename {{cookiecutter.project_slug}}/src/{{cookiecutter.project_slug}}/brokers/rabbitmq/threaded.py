@@ -29,6 +29,7 @@ from ...runner_threaded import keep_connected
 from ..base import BrokerUnavailable, Delivery, OutcomeUnknown, text_headers
 from .acks import AckWindow
 from .topology import (
+    PROBE_ROUTING_KEY,
     WaitQueues,
     copied_properties,
     dead_letter_headers,
@@ -331,11 +332,26 @@ class BrokerPublisher:
         channel.queue_declare(name, durable=True, arguments=arguments, callback=declared)
 
     def _on_pong(self, _frame: Any) -> None:
-        if self._pings:
-            self._pings.popleft().set_result(None)
+        """The queue is there; the ping ends with the confirm of a probe publish (see PROBE_ROUTING_KEY)."""
+        channel = self._channel
+        if not self._pings:
+            return
+        future = self._pings.popleft()
+        if channel is None or not channel.is_open:
+            future.set_exception(BrokerUnavailable("the connection to RabbitMQ was lost"))
+            return
+        channel.basic_publish("", PROBE_ROUTING_KEY, b"")
+        self._delivery_tag += 1
+        self._unconfirmed[self._delivery_tag] = ("", future)
 
-    def _on_return(self, _channel: Channel, _method: Any, properties: BasicProperties, _body: bytes) -> None:
+    def _on_return(self, channel: Channel, _method: Any, properties: BasicProperties, _body: bytes) -> None:
+        """No queue took the message: it fails, and the queues are declared again (deleted meanwhile?)."""
         self._returned.add(properties.message_id)
+        self._wait_queues.clear()
+        if channel.is_open:
+            arguments = dead_letter_queue_arguments(self._settings)
+            channel.queue_declare(self._settings.dead_letter_queue, durable=True, arguments=arguments)
+            channel.queue_declare(self._settings.queue_name, durable=True, arguments=queue_arguments(self._settings))
 
     def _on_confirm(self, frame: Any) -> None:
         """Basic.Ack or Basic.Nack for one delivery tag, or for every tag up to it (`multiple`)."""
@@ -411,6 +427,7 @@ class BrokerTransport:
         self._received: collections.deque[Delivery] = collections.deque()  # delivered, not yet fetched
         self._acks = AckWindow()
         self._wait_queues = WaitQueues(settings)
+        self._cancelled = False  # RabbitMQ cancelled our consumer
 
     def open(self) -> str:
         self._connection = BlockingConnection(self._nodes)  # the first node of BROKER_URL that takes it
@@ -420,6 +437,8 @@ class BrokerTransport:
         channel.confirm_delivery()
         declare_topology(channel, self._settings)
         channel.basic_qos(prefetch_count=self._settings.prefetch_count)
+        self._cancelled = False
+        channel.add_on_cancel_callback(self._on_cancelled)
         self._consumer_tag = channel.basic_consume(self._settings.queue_name, self._on_message)
         self._channel = channel
         return f"{self._settings.queue_name!r} from {self._settings.broker_address}"
@@ -434,7 +453,13 @@ class BrokerTransport:
             Delivery(body, text_headers(headers.items()), retries_of(headers), method.delivery_tag, extra=extra)
         )
 
+    def _on_cancelled(self, _frame: Any) -> None:
+        """RabbitMQ cancelled the consumer (its queue was deleted, say): reconnect, declaring it again."""
+        self._cancelled = True
+
     def fetch(self, max_count: int, wait_seconds: float) -> list[Delivery]:
+        if self._cancelled:
+            raise AMQPConnectionError("RabbitMQ cancelled the consumer (was the queue deleted?)")
         self._send_acks()
         if not self._received:
             self._open_connection().process_data_events(time_limit=wait_seconds)  # returns once a message came

@@ -24,6 +24,11 @@ from ...messages import CONTENT_TYPE
 if TYPE_CHECKING:
     from ...settings import Settings
 
+# RabbitMQ tells a connection that it blocks publishing (a resource alarm) only once the connection
+# publishes. A ping publishes this empty message, which no queue takes (none is named ""), so that
+# /health/ready and the next publishes learn of an alarm before a task is written into it.
+PROBE_ROUTING_KEY = ""
+
 RETRIES_HEADER = "x-retries"
 REASON_HEADER = "x-dead-letter-reason"
 DEAD_LETTERED_AT_HEADER = "x-dead-lettered-at"  # Unix time, in seconds

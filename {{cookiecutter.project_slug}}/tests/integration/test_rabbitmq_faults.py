@@ -159,3 +159,25 @@ def test_the_queue_deleted_under_a_running_consumer_is_declared_again(
         wait_ready(client)
     result = tally("14 queue deleted under the consumer", accepted, recorder.finished, refused)
     assert result.lost == 0
+
+
+def test_the_first_node_of_broker_url_lost_the_next_one_takes_over(
+    settings: Settings, registry: TaskRegistry, recorder: Recorder
+) -> None:
+    """Two nodes, not clustered: only the moving over is tried here (test_rabbitmq_cluster.py would
+    show a cluster's queue surviving); what waited on the lost node waits there until it is back."""
+    with nodes(2) as [first, second]:
+        both = settings.model_copy(update={"broker_url": f"amqp://guest:guest@{first.address},{second.address}/%2F"})
+        with running(both, registry) as client:
+            wait_ready(client, timeout=30)
+            first.kill()
+            killed = time.monotonic()
+            accepted: list[str] = []
+            refused = publish_until(client, accepted, 1, timeout=ANSWER_WITHIN)
+            moved = time.monotonic() - killed
+            refused += publish_until(client, accepted, 20)
+            assert eventually(lambda: set(recorder.finished) >= set(accepted), timeout=30)  # the consumer moved too
+            assert eventually(lambda: Probe(second.url).count(both.queue_name) == 0, timeout=30)
+        print(f"moved to the second node {moved:.1f} s after the first was killed; refused {refused}")
+    result = tally("15 first node of BROKER_URL lost", accepted, recorder.finished, refused)
+    assert result.lost == 0

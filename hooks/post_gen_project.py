@@ -22,8 +22,12 @@ BROKER_FILES = {
         f"{PACKAGE}/brokers/rabbitmq",
         "tests/integration/probes/rabbitmq",
         "tests/integration/test_rabbitmq.py",
+        "tests/integration/test_rabbitmq_faults.py",
+        "tests/integration/rabbitmq_node.py",
         "tests/test_rabbitmq_acks.py",
         "tests/test_rabbitmq_waits.py",
+        "tests/test_rabbitmq_settings.py",
+        "tests/test_rabbitmq_blocked_*.py",
     ],
     "redis": [
         f"{PACKAGE}/brokers/redis",

@@ -42,10 +42,11 @@ SUITES = [pytest.param(*run, id=f"{run[0]}-{run[1]}-store_{run[2]}") for run in 
 # A generated suite's cluster tests (three broker nodes, or a primary, a replica and three sentinels)
 # run in one run per broker here, the one without a task store; the project's own CI runs them all.
 CLUSTER_RUNS = {(broker, consumer) for broker, consumer, store in RUNS if store == "none"}
-CLUSTER_BROKERS: set[str] = set()  # the brokers whose generated suites have cluster tests
-# The fault scenarios each broker's suite tallies: every broker's, and those of its own broker instances.
+# The fault scenarios each broker's suite tallies (by number): every broker's, those on broker
+# processes of the suite's own, and those of its cluster tests.
 SCENARIOS = {str(n) for n in range(1, 12)}
-BROKER_SCENARIOS: dict[str, set[str]] = {}
+BROKER_SCENARIOS = {"rabbitmq": {"12", "13", "14", "19"}, "redis": {"15", "16", "17"}}
+CLUSTER_SCENARIOS = {"redis": {"18"}}
 
 
 @contextlib.contextmanager
@@ -87,8 +88,8 @@ def test_the_generated_suite_passes_against_the_real_broker(
     env.update(STYLE_TEST_ENV.get((broker, consumer), {}))
     env["FAULT_REPORT"] = str(report := fault_report.report_path(broker, consumer, store))
     with proxied_kafka(env) if broker == "kafka" else contextlib.nullcontext():
-        cluster_elsewhere = broker in CLUSTER_BROKERS and (broker, consumer) not in CLUSTER_RUNS
-        selection = ["-m", "not cluster"] if cluster_elsewhere else []
+        with_cluster = (broker, consumer) in CLUSTER_RUNS
+        selection = [] if with_cluster else ["-m", "not cluster"]
         output = run(
             [str(python), "-m", "pytest", "-p", "no:cacheprovider", "-q", *selection], project, env, timeout=900
         )
@@ -102,7 +103,12 @@ def test_the_generated_suite_passes_against_the_real_broker(
         assert bad not in summary, output
     # Every fault scenario ran and lost nothing.
     tallies = fault_report.read(report)
-    assert {str(t["scenario"]).split()[0] for t in tallies} == SCENARIOS | BROKER_SCENARIOS.get(broker, set()), tallies
+    expected = (
+        SCENARIOS
+        | BROKER_SCENARIOS.get(broker, set())
+        | (CLUSTER_SCENARIOS.get(broker, set()) if with_cluster else set())
+    )
+    assert {str(t["scenario"]).split()[0] for t in tallies} == expected, tallies
     assert [t for t in tallies if t["lost"] or t.get("unexpected")] == []
     # The integration tests ran (were collected and passed), not just the unit tests.
     integration = run(

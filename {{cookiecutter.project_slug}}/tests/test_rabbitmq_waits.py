@@ -35,4 +35,7 @@ def test_a_wait_queue_expires_its_messages_into_the_task_queue() -> None:
         "x-message-ttl": 1526,
         "x-dead-letter-exchange": "",
         "x-dead-letter-routing-key": "jobs",
+        "x-queue-type": "quorum",
+        "x-dead-letter-strategy": "at-least-once",  # an expiring retry is not lost on its way back
+        "x-overflow": "reject-publish",
     }

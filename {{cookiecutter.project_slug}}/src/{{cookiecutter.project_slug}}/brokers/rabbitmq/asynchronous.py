@@ -1,5 +1,6 @@
-"""RabbitMQ with aio-pika in the event loop: publisher confirms on a robust connection for the
-API, and for the consumer a plain connection that the runner reconnects, with explicit acks.
+"""RabbitMQ with aio-pika in the event loop: publisher confirms for the API, explicit acks for
+the consumer, each on a plain connection that is reconnected (keep_connected) to the first node of
+BROKER_URL that takes it, trying them in turn.
 """
 
 from __future__ import annotations
@@ -12,15 +13,25 @@ from typing import TYPE_CHECKING, Any
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
-from aio_pika.exceptions import CONNECTION_EXCEPTIONS, AMQPConnectionError, AMQPError, DeliveryError, PublishError
+from aio_pika.exceptions import (
+    CONNECTION_EXCEPTIONS,
+    AMQPConnectionError,
+    AMQPError,
+    ChannelPreconditionFailed,
+    DeliveryError,
+    PublishError,
+)
 
 from ...messages import CONTENT_TYPE, TaskMessage, encode
 from ...runner_asynchronous import connect_in_background
-from ..base import BrokerUnavailable, Delivery, text_headers
+from ..base import BrokerUnavailable, Delivery, OutcomeUnknown, text_headers
 from .topology import (
+    PROBE_ROUTING_KEY,
     WaitQueues,
     copied_properties,
     dead_letter_headers,
+    dead_letter_queue_arguments,
+    mismatch_hint,
     queue_arguments,
     retried_headers,
     retries_of,
@@ -36,6 +47,34 @@ CLIENT_LOGGERS = ("aio_pika", "aiormq")
 
 ERRORS: tuple[type[BaseException], ...] = (TimeoutError, DeliveryError, PublishError, *CONNECTION_EXCEPTIONS)
 PERSISTENT = aio_pika.DeliveryMode.PERSISTENT
+BLOCKED = "RabbitMQ has blocked publishing (a memory or disk alarm): task not written"
+
+
+async def connect(settings: Settings, name: str) -> AbstractConnection:
+    """A plain connection to the first node of BROKER_URL that takes it, trying them in turn."""
+    failed: BaseException | None = None
+    for url in settings.broker_node_urls:
+        try:
+            return await aio_pika.connect(
+                url,
+                heartbeat=settings.heartbeat_seconds,
+                timeout=settings.publish_timeout_seconds,
+                client_properties={"connection_name": name},
+            )
+        except (TimeoutError, *CONNECTION_EXCEPTIONS) as error:
+            failed = error
+            logger.debug("%s could not connect to a node: %r", name, error)
+    assert failed is not None  # BROKER_URL names one node at least
+    raise failed
+
+
+def is_blocked(connection: AbstractConnection) -> bool:
+    """Whether RabbitMQ has sent connection.blocked (a resource alarm) and not yet connection.unblocked.
+    aiormq tracks it in an event of its own that it does not expose (tests/test_rabbitmq_blocked.py
+    fails if a new aiormq renames it)."""
+    underlay = getattr(connection.transport, "connection", None)
+    unblocked = getattr(underlay, "_Connection__connection_unblocked", None)
+    return isinstance(unblocked, asyncio.Event) and not unblocked.is_set()
 
 
 async def open_channel(connection: AbstractConnection) -> AbstractChannel:
@@ -45,8 +84,25 @@ async def open_channel(connection: AbstractConnection) -> AbstractChannel:
 
 async def declare_topology(channel: AbstractChannel, settings: Settings) -> AbstractQueue:
     """Idempotent: the dead-letter queue, then the task queue that dead-letters into it."""
-    await channel.declare_queue(settings.dead_letter_queue, durable=True)
-    return await channel.declare_queue(settings.queue_name, durable=True, arguments=queue_arguments(settings))
+    try:
+        await channel.declare_queue(
+            settings.dead_letter_queue, durable=True, arguments=dead_letter_queue_arguments(settings)
+        )
+        return await channel.declare_queue(settings.queue_name, durable=True, arguments=queue_arguments(settings))
+    except ChannelPreconditionFailed as error:
+        hint = mismatch_hint(settings, 406, str(error))
+        raise AMQPConnectionError(hint) from error
+
+
+async def wait_first(*waits: Any) -> None:
+    """Until the first of `waits` (coroutines) is done; the others are cancelled."""
+    tasks = [asyncio.ensure_future(wait) for wait in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def current_task_cancelled() -> bool:
@@ -57,45 +113,49 @@ def current_task_cancelled() -> bool:
 
 
 class BrokerPublisher:
-    """Publishes with confirms on one robust channel; each publish is bounded by a timeout."""
+    """Publishes with confirms on one channel; each publish is bounded by a timeout. While RabbitMQ
+    blocks the connection (a memory or disk alarm) nothing is written: a publish is refused at
+    once; one written whose confirm never comes is OutcomeUnknown, not refused."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._stopping = asyncio.Event()
-        self._connection: aio_pika.abc.AbstractRobustConnection | None = None
+        self._connection: AbstractConnection | None = None
         self._channel: AbstractChannel | None = None
         self._connecting: asyncio.Task[None] | None = None
-        self._wait_queues = WaitQueues(settings)  # the robust channel declares them again after a reconnect
+        self._wait_queues = WaitQueues(settings)  # declared again on each new connection
 
     async def start(self) -> None:
         what = f"publisher ({self._settings.broker_address})"
         self._connecting = connect_in_background(self._session, self._stopping, ERRORS, what)
 
     async def _session(self, connected: Callable[[], None]) -> None:
-        """Connect once; from then on the robust connection reconnects (and re-declares) by itself."""
-        connection = await aio_pika.connect_robust(
-            self._settings.broker_url,
-            heartbeat=self._settings.heartbeat_seconds,
-            timeout=self._settings.publish_timeout_seconds,
-            client_properties={"connection_name": "publisher"},
-        )
+        """One connection, until it or its channel closes (keep_connected then connects again) or until stopping."""
+        connection = await connect(self._settings, "publisher")
+        closed = asyncio.Event()
         try:
             channel = await open_channel(connection)
             await declare_topology(channel, self._settings)
-        except BaseException:
-            await connection.close()
-            raise
-        self._connection, self._channel = connection, channel
-        connected()
-        logger.info("publisher connected to %s", self._settings.broker_address)
-        await self._stopping.wait()
-        self._connection = self._channel = None
-        await connection.close()
+            connection.close_callbacks.add(lambda *_: closed.set())
+            channel.close_callbacks.add(lambda *_: closed.set())
+            self._wait_queues.clear()
+            self._connection, self._channel = connection, channel
+            connected()
+            logger.info("publisher connected to %s", self._settings.broker_address)
+            await wait_first(self._stopping.wait(), closed.wait())
+        finally:
+            self._connection = self._channel = None
+            with contextlib.suppress(Exception):
+                await connection.close()
+        if not self._stopping.is_set():
+            raise AMQPConnectionError("the publisher's connection closed")
 
     def _ready_channel(self) -> AbstractChannel:
-        channel = self._channel
-        if channel is None or channel.is_closed or self._connection is None or self._connection.is_closed:
+        channel, connection = self._channel, self._connection
+        if channel is None or channel.is_closed or connection is None or connection.is_closed:
             raise BrokerUnavailable(f"not connected to RabbitMQ at {self._settings.broker_address}")
+        if is_blocked(connection):
+            raise BrokerUnavailable(BLOCKED)
         return channel
 
     async def publish(self, message: TaskMessage, headers: Mapping[str, str], delay_seconds: float = 0.0) -> None:
@@ -111,20 +171,24 @@ class BrokerPublisher:
             type=message.type,
             headers=dict(headers),
         )
+        channel = self._ready_channel()  # again: it may have been blocked while the wait queue was declared
         try:
             await channel.default_exchange.publish(
                 outgoing, routing_key=routing_key, mandatory=True, timeout=self._settings.publish_timeout_seconds
             )
         except (DeliveryError, PublishError) as error:
             self._wait_queues.clear()  # a wait queue deleted meanwhile is declared again next time
+            if isinstance(error, PublishError):  # returned: no queue took it; the task queue was deleted?
+                with contextlib.suppress(TimeoutError, *CONNECTION_EXCEPTIONS):
+                    await asyncio.wait_for(declare_topology(channel, self._settings), 1.0)
             raise BrokerUnavailable(f"RabbitMQ refused the message: {error!r}") from error
         except (TimeoutError, *CONNECTION_EXCEPTIONS) as error:
-            raise BrokerUnavailable(f"RabbitMQ did not confirm the message: {error!r}") from error
+            raise OutcomeUnknown(f"RabbitMQ did not confirm the message: {error!r}") from error
         except asyncio.CancelledError as error:
             if current_task_cancelled():
                 raise  # our caller gave up: a timeout, or shutdown
             # aiormq cancels the confirms it still awaits when it closes a connection (e.g. a stuck one).
-            raise BrokerUnavailable("the connection closed before RabbitMQ confirmed the message") from error
+            raise OutcomeUnknown("the connection closed before RabbitMQ confirmed the message") from error
 
     async def _wait_queue(self, channel: AbstractChannel, delay_seconds: float) -> str:
         """Where a delayed task waits, declared on first use."""
@@ -145,7 +209,10 @@ class BrokerPublisher:
             # The underlying channel: the robust one answers a passive declare from its cache.
             underlay = await channel.get_underlay_channel()
             await underlay.queue_declare(self._settings.queue_name, passive=True)
-        except (TimeoutError, *CONNECTION_EXCEPTIONS) as error:
+            # Learn of an alarm before a task is written into it (see PROBE_ROUTING_KEY).
+            probe = aio_pika.Message(b"")
+            await channel.default_exchange.publish(probe, routing_key=PROBE_ROUTING_KEY, mandatory=False)
+        except (TimeoutError, DeliveryError, PublishError, *CONNECTION_EXCEPTIONS) as error:
             raise BrokerUnavailable(f"RabbitMQ did not answer: {error!r}") from error
 
     async def close(self) -> None:
@@ -175,16 +242,14 @@ class BrokerTransport:
     async def open(self) -> str:
         self._received = asyncio.Queue()
         self._wait_queues.clear()
-        self._connection = await aio_pika.connect(
-            self._settings.broker_url,
-            heartbeat=self._settings.heartbeat_seconds,
-            timeout=self._settings.publish_timeout_seconds,
-            client_properties={"connection_name": "consumer"},
-        )
+        self._connection = await connect(self._settings, "consumer")
         self._connection.close_callbacks.add(self._on_close)
         self._channel = await open_channel(self._connection)
         await self._channel.set_qos(prefetch_count=self._settings.prefetch_count)
         self._queue = await declare_topology(self._channel, self._settings)
+        # RabbitMQ cancels the consumer when its queue is deleted: reconnect, declaring it again.
+        underlay = await self._channel.get_underlay_channel()
+        underlay.on_consumer_cancel_callbacks.add(self._on_close)
         self._consumer_tag = await self._queue.consume(self._received.put, no_ack=False)
         return f"{self._settings.queue_name!r} from {self._settings.broker_address}"
 

@@ -13,6 +13,7 @@ from aio_pika.exceptions import AMQPError, ChannelNotFoundEntity
 from ...deadletters import Blocking, DeadLetter, Progress
 from ..base import BrokerUnavailable
 from .asynchronous import ERRORS, PERSISTENT, open_channel
+from .asynchronous import connect as connect_to_node
 from .deadletters import letter, replayed_headers
 from .topology import copied_properties
 
@@ -29,9 +30,7 @@ def open_queue(settings: Settings) -> Blocking:
 
 async def connect(settings: Settings) -> DeadLetterQueue:
     try:
-        connection = await aio_pika.connect(
-            settings.broker_url, timeout=5, client_properties={"connection_name": "deadletters"}
-        )
+        connection = await connect_to_node(settings, "deadletters")
     except TOOL_ERRORS as error:
         raise BrokerUnavailable(f"cannot reach RabbitMQ at {settings.broker_address}: {error!r}") from error
     try:

@@ -1,6 +1,7 @@
 """RabbitMQ with pika. A pika connection is not thread-safe, so each one is owned by a single
 thread: the publisher's (a SelectConnection, so that many confirmed publishes are in flight at
-once) or the consumer's (a BlockingConnection, driven by the runner's thread).
+once) or the consumer's (a BlockingConnection, driven by the runner's thread). Both try the nodes
+of BROKER_URL in turn, on connect and on every reconnect.
 """
 
 from __future__ import annotations
@@ -20,17 +21,20 @@ import pika
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 from pika.adapters.select_connection import SelectConnection
 from pika.channel import Channel
-from pika.exceptions import AMQPConnectionError, AMQPError, ConnectionClosedByClient
+from pika.exceptions import AMQPConnectionError, AMQPError, ChannelClosedByBroker, ConnectionClosedByClient
 from pika.spec import Basic, BasicProperties
 
 from ...messages import CONTENT_TYPE, TaskMessage, encode
 from ...runner_threaded import keep_connected
-from ..base import BrokerUnavailable, Delivery, text_headers
+from ..base import BrokerUnavailable, Delivery, OutcomeUnknown, text_headers
 from .acks import AckWindow
 from .topology import (
+    PROBE_ROUTING_KEY,
     WaitQueues,
     copied_properties,
     dead_letter_headers,
+    dead_letter_queue_arguments,
+    mismatch_hint,
     queue_arguments,
     retried_headers,
     retries_of,
@@ -45,24 +49,35 @@ logger = logging.getLogger(__name__)
 CLIENT_LOGGERS = ("pika",)
 
 ERRORS: tuple[type[BaseException], ...] = (AMQPError, OSError)  # the connection is gone, or never came
+BLOCKED = "RabbitMQ has blocked publishing (a memory or disk alarm): task not written"
 PERSISTENT = pika.DeliveryMode.Persistent
 
 
-def connection_parameters(settings: Settings, name: str) -> pika.URLParameters:
-    parameters = pika.URLParameters(settings.broker_url)
-    parameters.heartbeat = settings.heartbeat_seconds
-    parameters.blocked_connection_timeout = settings.heartbeat_seconds
-    parameters.socket_timeout = 5.0
-    parameters.stack_timeout = 10.0
-    parameters.connection_attempts = 1
-    parameters.client_properties = {"connection_name": name}
-    return parameters
+def connection_parameters(settings: Settings, name: str) -> list[pika.URLParameters]:
+    """One set for each node of BROKER_URL, in its order; a BlockingConnection tries them in turn."""
+    nodes = []
+    for url in settings.broker_node_urls:
+        parameters = pika.URLParameters(url)
+        parameters.heartbeat = settings.heartbeat_seconds
+        parameters.blocked_connection_timeout = settings.heartbeat_seconds
+        parameters.socket_timeout = 5.0
+        parameters.stack_timeout = 10.0
+        parameters.connection_attempts = 1
+        parameters.client_properties = {"connection_name": name}
+        nodes.append(parameters)
+    return nodes
 
 
 def declare_topology(channel: BlockingChannel, settings: Settings) -> None:
     """Idempotent: the dead-letter queue, then the task queue that dead-letters into it."""
-    channel.queue_declare(settings.dead_letter_queue, durable=True)
-    channel.queue_declare(settings.queue_name, durable=True, arguments=queue_arguments(settings))
+    try:
+        channel.queue_declare(settings.dead_letter_queue, durable=True, arguments=dead_letter_queue_arguments(settings))
+        channel.queue_declare(settings.queue_name, durable=True, arguments=queue_arguments(settings))
+    except ChannelClosedByBroker as error:
+        hint = mismatch_hint(settings, error.reply_code, error.reply_text)
+        if hint is None:
+            raise
+        raise ChannelClosedByBroker(error.reply_code, hint) from error
 
 
 @dataclass(frozen=True)
@@ -85,11 +100,16 @@ def close_quietly(connection: BlockingConnection | None) -> None:
 class BrokerPublisher:
     """Publishes from one I/O thread that owns the connection (pika's SelectConnection); callers
     await a future. Every request waiting is published at once and each future resolves on its
-    own confirm, so many publishes are in flight together instead of one confirm at a time."""
+    own confirm, so many publishes are in flight together instead of one confirm at a time.
+    While RabbitMQ blocks the connection (a memory or disk alarm) nothing is written: a publish is
+    refused at once; one written whose confirm never comes is OutcomeUnknown, not refused."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._parameters = connection_parameters(settings, "publisher")
+        self._nodes = connection_parameters(settings, "publisher")
+        self._next_node = 0  # where the next session starts trying: the node after the one last lost
+        self._opened = False  # whether the current connection ever opened
+        self._blocked = threading.Event()  # RabbitMQ said connection.blocked, and not yet unblocked
         self._waiting: collections.deque[tuple[Request | None, Future[None]]] = collections.deque()
         self._lock = threading.Lock()  # guards _flush_scheduled
         self._flush_scheduled = False
@@ -135,6 +155,8 @@ class BrokerPublisher:
         """A publish (or, with None, a passive declare of the queue) handed to the I/O thread."""
         if not self._ready.is_set():
             raise BrokerUnavailable(f"not connected to RabbitMQ at {self._settings.broker_address}")
+        if self._blocked.is_set():
+            raise BrokerUnavailable(BLOCKED)
         future: Future[None] = Future()
         self._waiting.append((request, future))
         with self._lock:
@@ -159,12 +181,26 @@ class BrokerPublisher:
         keep_connected(self._session, self._stopping, ERRORS, f"publisher ({self._settings.broker_address})")
 
     def _session(self, connected: Callable[[], None]) -> None:
-        """One connection, until it closes; raises what closed it, for keep_connected to report."""
+        """One connection, to the first node of BROKER_URL that takes it, until it closes; raises
+        what closed it, for keep_connected to report."""
         self._connected = connected
+        for _ in range(len(self._nodes)):
+            node = self._next_node
+            self._next_node = (node + 1) % len(self._nodes)
+            opened = self._connect(self._nodes[node])
+            if opened or self._stopping.is_set():
+                break  # lost after it opened: keep_connected waits a backoff, then the next node
+        if self._lost is not None and not self._stopping.is_set():
+            raise self._lost
+
+    def _connect(self, parameters: pika.URLParameters) -> bool:
+        """Connect to one node and serve until the connection closes; whether it ever opened."""
         self._lost = None
+        self._opened = False
+        self._blocked.clear()
         try:
             self._connection = SelectConnection(
-                self._parameters,
+                parameters,
                 on_open_callback=self._on_connection_open,
                 on_open_error_callback=self._on_connection_error,
                 on_close_callback=self._on_connection_closed,
@@ -177,14 +213,25 @@ class BrokerPublisher:
             if self._connection is not None:
                 with contextlib.suppress(Exception):
                     self._connection.ioloop.close()
-        if self._lost is not None and not self._stopping.is_set():
-            raise self._lost
+        return self._opened
 
     def _on_connection_open(self, connection: SelectConnection) -> None:
+        self._opened = True
         if self._stopping.is_set():
             connection.close()
             return
+        connection.add_on_connection_blocked_callback(self._on_blocked)
+        connection.add_on_connection_unblocked_callback(self._on_unblocked)
         connection.channel(on_open_callback=self._on_channel_open)
+
+    def _on_blocked(self, _connection: SelectConnection, frame: Any) -> None:
+        self._blocked.set()
+        logger.warning("RabbitMQ blocked the publisher (%s): refusing tasks until it lifts", frame.method.reason)
+        self._fail_waiting(BLOCKED)
+
+    def _on_unblocked(self, _connection: SelectConnection, _frame: Any) -> None:
+        self._blocked.clear()
+        logger.info("RabbitMQ unblocked the publisher")
 
     def _on_connection_error(self, connection: SelectConnection, error: BaseException | str) -> None:
         self._lost = error if isinstance(error, BaseException) else AMQPConnectionError(error)
@@ -194,6 +241,13 @@ class BrokerPublisher:
         if not self._stopping.is_set() and not isinstance(reason, ConnectionClosedByClient):
             self._lost = reason
         connection.ioloop.stop()
+
+    def _on_declare_failed(self, reason: BaseException) -> None:
+        """A queue RabbitMQ would not declare as configured: say why and what to do, in one line."""
+        if isinstance(reason, ChannelClosedByBroker):
+            hint = mismatch_hint(self._settings, reason.reply_code, reason.reply_text)
+            if hint is not None:
+                self._lost = ChannelClosedByBroker(reason.reply_code, hint)
 
     def _on_channel_open(self, channel: Channel) -> None:
         channel.add_on_close_callback(self._on_channel_closed)
@@ -208,7 +262,10 @@ class BrokerPublisher:
             )
 
         def declare_dead_letter_queue(_: Any) -> None:
-            channel.queue_declare(self._settings.dead_letter_queue, durable=True, callback=declare_queue)
+            arguments = dead_letter_queue_arguments(self._settings)
+            channel.queue_declare(
+                self._settings.dead_letter_queue, durable=True, arguments=arguments, callback=declare_queue
+            )
 
         channel.confirm_delivery(ack_nack_callback=self._on_confirm, callback=declare_dead_letter_queue)
 
@@ -225,6 +282,7 @@ class BrokerPublisher:
         """A channel error (say, the queue was deleted): start over on a new connection."""
         self._ready.clear()
         self._fail_all(f"RabbitMQ closed the channel: {reason!r}")
+        self._on_declare_failed(reason)
         connection = self._connection
         if connection is not None and connection.is_open:
             logger.warning("publisher's channel closed: %r; reconnecting", reason)
@@ -241,6 +299,8 @@ class BrokerPublisher:
                 continue  # the caller gave up waiting
             if channel is None or not channel.is_open:
                 future.set_exception(BrokerUnavailable("the connection to RabbitMQ was lost"))
+            elif self._blocked.is_set():
+                future.set_exception(BrokerUnavailable(BLOCKED))
             elif request is None:
                 self._pings.append(future)
                 channel.queue_declare(self._settings.queue_name, passive=True, callback=self._on_pong)
@@ -272,11 +332,26 @@ class BrokerPublisher:
         channel.queue_declare(name, durable=True, arguments=arguments, callback=declared)
 
     def _on_pong(self, _frame: Any) -> None:
-        if self._pings:
-            self._pings.popleft().set_result(None)
+        """The queue is there; the ping ends with the confirm of a probe publish (see PROBE_ROUTING_KEY)."""
+        channel = self._channel
+        if not self._pings:
+            return
+        future = self._pings.popleft()
+        if channel is None or not channel.is_open:
+            future.set_exception(BrokerUnavailable("the connection to RabbitMQ was lost"))
+            return
+        channel.basic_publish("", PROBE_ROUTING_KEY, b"")
+        self._delivery_tag += 1
+        self._unconfirmed[self._delivery_tag] = ("", future)
 
-    def _on_return(self, _channel: Channel, _method: Any, properties: BasicProperties, _body: bytes) -> None:
+    def _on_return(self, channel: Channel, _method: Any, properties: BasicProperties, _body: bytes) -> None:
+        """No queue took the message: it fails, and the queues are declared again (deleted meanwhile?)."""
         self._returned.add(properties.message_id)
+        self._wait_queues.clear()
+        if channel.is_open:
+            arguments = dead_letter_queue_arguments(self._settings)
+            channel.queue_declare(self._settings.dead_letter_queue, durable=True, arguments=arguments)
+            channel.queue_declare(self._settings.queue_name, durable=True, arguments=queue_arguments(self._settings))
 
     def _on_confirm(self, frame: Any) -> None:
         """Basic.Ack or Basic.Nack for one delivery tag, or for every tag up to it (`multiple`)."""
@@ -300,12 +375,21 @@ class BrokerPublisher:
                 future.set_exception(BrokerUnavailable("RabbitMQ refused the message (nack)"))
 
     def _fail_all(self, reason: str) -> None:
-        """Every request in flight or waiting fails: its caller answers 503 at once."""
-        failed = [future for _, future in self._unconfirmed.values()] + list(self._pings) + self._declaring
+        """Every request in flight or waiting fails at once: one written and not confirmed with
+        OutcomeUnknown (504: RabbitMQ may have it), the others with BrokerUnavailable (503)."""
+        written = [future for _, future in self._unconfirmed.values()]
         self._unconfirmed.clear()
+        self._returned.clear()
+        for future in written:
+            if not future.done():
+                future.set_exception(OutcomeUnknown(f"{reason} before RabbitMQ confirmed the message"))
+        self._fail_waiting(reason)
+
+    def _fail_waiting(self, reason: str) -> None:
+        """Every request not yet written fails with BrokerUnavailable: its caller answers 503 at once."""
+        failed = list(self._pings) + self._declaring
         self._pings.clear()
         self._declaring = []
-        self._returned.clear()
         while self._waiting:
             _, future = self._waiting.popleft()
             if future.set_running_or_notify_cancel():
@@ -335,7 +419,7 @@ class BrokerTransport:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._parameters = connection_parameters(settings, "consumer")
+        self._nodes = connection_parameters(settings, "consumer")
         self.capacity = settings.prefetch_count  # the broker sends no more than the prefetch anyway
         self._connection: BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
@@ -343,15 +427,18 @@ class BrokerTransport:
         self._received: collections.deque[Delivery] = collections.deque()  # delivered, not yet fetched
         self._acks = AckWindow()
         self._wait_queues = WaitQueues(settings)
+        self._cancelled = False  # RabbitMQ cancelled our consumer
 
     def open(self) -> str:
-        self._connection = BlockingConnection(self._parameters)
+        self._connection = BlockingConnection(self._nodes)  # the first node of BROKER_URL that takes it
         self._acks.clear()
         self._wait_queues.clear()
         channel = self._connection.channel()
         channel.confirm_delivery()
         declare_topology(channel, self._settings)
         channel.basic_qos(prefetch_count=self._settings.prefetch_count)
+        self._cancelled = False
+        channel.add_on_cancel_callback(self._on_cancelled)
         self._consumer_tag = channel.basic_consume(self._settings.queue_name, self._on_message)
         self._channel = channel
         return f"{self._settings.queue_name!r} from {self._settings.broker_address}"
@@ -366,7 +453,13 @@ class BrokerTransport:
             Delivery(body, text_headers(headers.items()), retries_of(headers), method.delivery_tag, extra=extra)
         )
 
+    def _on_cancelled(self, _frame: Any) -> None:
+        """RabbitMQ cancelled the consumer (its queue was deleted, say): reconnect, declaring it again."""
+        self._cancelled = True
+
     def fetch(self, max_count: int, wait_seconds: float) -> list[Delivery]:
+        if self._cancelled:
+            raise AMQPConnectionError("RabbitMQ cancelled the consumer (was the queue deleted?)")
         self._send_acks()
         if not self._received:
             self._open_connection().process_data_events(time_limit=wait_seconds)  # returns once a message came

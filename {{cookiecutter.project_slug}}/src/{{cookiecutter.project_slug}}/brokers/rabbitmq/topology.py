@@ -5,7 +5,12 @@ A retry or a delayed task waits in a wait queue: durable, with a message TTL, de
 the task queue when it expires. Every message of one wait queue waits as long, so the one at its
 head always expires first and nothing waits behind a longer wait: a delay goes to the queue of
 the shortest TTL that is no shorter (tiers 1.2 x apart, from 100 ms: up to 20 % longer), declared
-on each connection when first used."""
+on each connection when first used.
+
+Every queue is of QUEUE_TYPE. A quorum queue dead-letters at least once (RabbitMQ 3.10+: the
+message leaves the queue only once the target confirmed it, which needs `x-overflow:
+reject-publish`), so a retry or a delay that expires, or a rejected task, is not lost on its
+way; message TTL on quorum queues also needs 3.10."""
 
 from __future__ import annotations
 
@@ -19,14 +24,48 @@ from ...messages import CONTENT_TYPE
 if TYPE_CHECKING:
     from ...settings import Settings
 
+# RabbitMQ tells a connection that it blocks publishing (a resource alarm) only once the connection
+# publishes. A ping publishes this empty message, which no queue takes (none is named ""), so that
+# /health/ready and the next publishes learn of an alarm before a task is written into it.
+PROBE_ROUTING_KEY = ""
+
 RETRIES_HEADER = "x-retries"
 REASON_HEADER = "x-dead-letter-reason"
 DEAD_LETTERED_AT_HEADER = "x-dead-lettered-at"  # Unix time, in seconds
 
 
+def typed(settings: Settings, dead_letters_to: str | None = None) -> dict[str, Any]:
+    """The arguments every queue has: its type and, where it dead-letters, how."""
+    arguments: dict[str, Any] = {"x-queue-type": settings.queue_type}
+    if dead_letters_to is not None:
+        arguments |= {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": dead_letters_to}
+        if settings.queue_type == "quorum":
+            arguments |= {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
+    return arguments
+
+
 def queue_arguments(settings: Settings) -> dict[str, Any]:
     """The task queue's: a rejected message goes to the dead-letter queue."""
-    return {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": settings.dead_letter_queue}
+    return typed(settings, dead_letters_to=settings.dead_letter_queue)
+
+
+def dead_letter_queue_arguments(settings: Settings) -> dict[str, Any]:
+    return typed(settings)
+
+
+PRECONDITION_FAILED = 406
+
+
+def mismatch_hint(settings: Settings, reply_code: int, reply_text: str) -> str | None:
+    """What to do when RabbitMQ refused a declare because the queue exists with other arguments."""
+    if reply_code != PRECONDITION_FAILED:
+        return None
+    hint = (
+        "set QUEUE_TYPE=classic, or migrate the queue (README: Running on a cluster)"
+        if "x-queue-type" in reply_text
+        else "delete the queue or declare it as the service does (README: Messages on the wire)"
+    )
+    return f"RabbitMQ refused to declare the queues as QUEUE_TYPE={settings.queue_type} says ({reply_text}): {hint}"
 
 
 WAIT_TIER_FIRST_MS = 100
@@ -48,11 +87,7 @@ def wait_queue(settings: Settings, ttl_ms: int) -> str:
 
 def wait_queue_arguments(settings: Settings, ttl_ms: int) -> dict[str, Any]:
     """A wait queue's: its messages expire after `ttl_ms` into the task queue."""
-    return {
-        "x-message-ttl": ttl_ms,
-        "x-dead-letter-exchange": "",
-        "x-dead-letter-routing-key": settings.queue_name,
-    }
+    return {"x-message-ttl": ttl_ms, **typed(settings, dead_letters_to=settings.queue_name)}
 
 
 class WaitQueues:

@@ -1,0 +1,51 @@
+"""Unit tests of the aio-pika publisher's honesty: while RabbitMQ blocks the connection it refuses
+before anything is written (503), and it can tell a blocked connection from aiormq's state."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+import aiormq
+import pytest
+
+from {{ cookiecutter.project_slug }}.brokers import BrokerUnavailable, OutcomeUnknown
+from {{ cookiecutter.project_slug }}.brokers.rabbitmq.asynchronous import BrokerPublisher, is_blocked
+from {{ cookiecutter.project_slug }}.messages import TaskMessage
+from {{ cookiecutter.project_slug }}.settings import Settings
+
+
+def connection_of(underlay: Any) -> Any:
+    """An aio-pika connection as is_blocked reads it: `transport.connection` is aiormq's."""
+    return SimpleNamespace(transport=SimpleNamespace(connection=underlay), is_closed=False)
+
+
+def test_aiormq_still_tracks_blocking_where_we_read_it() -> None:
+    async def check() -> None:
+        underlay = aiormq.Connection("amqp://localhost/")  # not connected: only its state is read
+        unblocked = underlay._Connection__connection_unblocked  # type: ignore[attr-defined]
+        assert isinstance(unblocked, asyncio.Event)
+        unblocked.set()
+        assert not is_blocked(connection_of(underlay))
+        unblocked.clear()  # what aiormq does on connection.blocked
+        assert is_blocked(connection_of(underlay))
+
+    asyncio.run(check())
+
+
+def test_a_blocked_connection_refuses_at_once_without_writing() -> None:
+    async def check() -> None:
+        unblocked = asyncio.Event()  # cleared: blocked
+        publisher = BrokerPublisher(Settings(broker_url="amqp://localhost/"))
+        channel = SimpleNamespace(is_closed=False, default_exchange=None)  # publishing on it would fail otherwise
+        publisher._channel = channel  # type: ignore[assignment]
+        publisher._connection = connection_of(SimpleNamespace(_Connection__connection_unblocked=unblocked))
+        message = TaskMessage(id="t-1", type="record", payload={})
+        with pytest.raises(BrokerUnavailable, match="blocked") as raised:
+            await publisher.publish(message, {})
+        assert not isinstance(raised.value, OutcomeUnknown)
+        with pytest.raises(BrokerUnavailable, match="blocked"):
+            await publisher.ping()  # /health/ready: not ready
+
+    asyncio.run(check())

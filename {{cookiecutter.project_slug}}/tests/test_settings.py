@@ -8,11 +8,9 @@ import subprocess
 import sys
 
 import pytest
-
-{%- if cookiecutter.broker == "kafka" %}
+from pydantic import ValidationError
 
 from {{ cookiecutter.project_slug }}.settings import Settings
-{%- endif %}
 
 UNUSABLE = [
     ("BROKER_URL", "ftp://localhost/"),
@@ -35,6 +33,12 @@ def test_an_unusable_setting_stops_the_service_in_one_line(name: str, value: str
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith(f"invalid configuration: {name}"), lines
+
+
+def test_a_refused_broker_url_is_not_repeated_with_its_password() -> None:
+    with pytest.raises(ValidationError) as refused:
+        Settings(broker_url="ftp://user:s3cret@localhost/")
+    assert "s3cret" not in str(refused.value)
 {%- if cookiecutter.broker == "kafka" %}
 
 

@@ -21,7 +21,10 @@ class Settings(BrokerSettings):
     """Configuration; each field maps to the upper-case environment variable of its name. The
     broker's own fields (BROKER_URL among them) come from brokers/<broker>/settings.py."""
 
-    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+    # A refused value is not repeated in the error: a BROKER_URL carries its password.
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", hide_input_in_errors=True
+    )
 
     queue_name: str = Field("tasks", min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:-]+$")
     consumer_enabled: bool = Field(True, description="Whether the API process also consumes.")

@@ -1,8 +1,9 @@
 """Fill a queue, stream or topic with N messages in the service's wire format (CONTRACT section 5)
 before a consumer drains it, and delete it afterwards: the brokers are shared with other users.
 
-The service's queue arguments are declared here exactly as the generated brokers/rabbitmq_*.py
-declare them (dead-lettering into `<queue>.dlq`); FastStream and Celery declare plain queues.
+The service's queue arguments are declared here exactly as the generated brokers/rabbitmq/
+declare them (quorum queues, dead-lettering into `<queue>.dlq`); FastStream and Celery declare
+plain classic queues.
 A Kafka topic gets its records round robin, the same share on each partition: a partition's
 records are handled one at a time, so a fuller one would set the pace.
 """
@@ -30,7 +31,14 @@ def message(index: int, image_url: str = "https://example.com/a.png", task_type:
 
 
 def service_arguments(queue: str) -> dict[str, str]:
-    return {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": f"{queue}.dlq"}
+    """The task queue's, with the generated default QUEUE_TYPE=quorum (topology.queue_arguments)."""
+    return {
+        "x-queue-type": "quorum",
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": f"{queue}.dlq",
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+    }
 
 
 def fill(
@@ -59,7 +67,7 @@ def fill_rabbitmq(queue: str, count: int, arguments: dict[str, str] | None, task
     try:
         channel = connection.channel()
         if arguments:
-            channel.queue_declare(f"{queue}.dlq", durable=True)
+            channel.queue_declare(f"{queue}.dlq", durable=True, arguments={"x-queue-type": "quorum"})
         channel.queue_declare(queue, durable=True, arguments=arguments)
         properties = pika.BasicProperties(content_type="application/json", delivery_mode=2)
         for index in range(count):

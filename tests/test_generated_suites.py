@@ -41,7 +41,7 @@ RUNS = [
 SUITES = [pytest.param(*run, id=f"{run[0]}-{run[1]}-store_{run[2]}") for run in RUNS]
 # A generated suite's cluster tests (three broker nodes, or a primary, a replica and three sentinels)
 # run in one run per broker here, the one without a task store; the project's own CI runs them all.
-CLUSTER_RUNS = {(broker, consumer) for broker, consumer, store in RUNS if store == "none"}
+CLUSTER_RUNS = {run for run in RUNS if run[2] == "none"}
 # The fault scenarios each broker's suite tallies (by number): every broker's, those on broker
 # processes of the suite's own, and those of its cluster tests.
 SCENARIOS = {str(n) for n in range(1, 12)}
@@ -88,7 +88,7 @@ def test_the_generated_suite_passes_against_the_real_broker(
     env.update(STYLE_TEST_ENV.get((broker, consumer), {}))
     env["FAULT_REPORT"] = str(report := fault_report.report_path(broker, consumer, store))
     with proxied_kafka(env) if broker == "kafka" else contextlib.nullcontext():
-        with_cluster = (broker, consumer) in CLUSTER_RUNS
+        with_cluster = (broker, consumer, store) in CLUSTER_RUNS
         selection = [] if with_cluster else ["-m", "not cluster"]
         output = run(
             [str(python), "-m", "pytest", "-p", "no:cacheprovider", "-q", *selection], project, env, timeout=900

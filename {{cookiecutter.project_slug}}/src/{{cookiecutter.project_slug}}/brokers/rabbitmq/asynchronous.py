@@ -26,6 +26,7 @@ from ...messages import CONTENT_TYPE, TaskMessage, encode
 from ...runner_asynchronous import connect_in_background
 from ..base import BrokerUnavailable, Delivery, OutcomeUnknown, text_headers
 from .topology import (
+    BLOCKED,
     PROBE_ROUTING_KEY,
     WaitQueues,
     copied_properties,
@@ -47,7 +48,6 @@ CLIENT_LOGGERS = ("aio_pika", "aiormq")
 
 ERRORS: tuple[type[BaseException], ...] = (TimeoutError, DeliveryError, PublishError, *CONNECTION_EXCEPTIONS)
 PERSISTENT = aio_pika.DeliveryMode.PERSISTENT
-BLOCKED = "RabbitMQ has blocked publishing (a memory or disk alarm): task not written"
 
 
 async def connect(settings: Settings, name: str) -> AbstractConnection:

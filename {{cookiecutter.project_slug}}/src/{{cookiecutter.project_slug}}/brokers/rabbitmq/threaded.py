@@ -29,6 +29,7 @@ from ...runner_threaded import keep_connected
 from ..base import BrokerUnavailable, Delivery, OutcomeUnknown, text_headers
 from .acks import AckWindow
 from .topology import (
+    BLOCKED,
     PROBE_ROUTING_KEY,
     WaitQueues,
     copied_properties,
@@ -49,7 +50,6 @@ logger = logging.getLogger(__name__)
 CLIENT_LOGGERS = ("pika",)
 
 ERRORS: tuple[type[BaseException], ...] = (AMQPError, OSError)  # the connection is gone, or never came
-BLOCKED = "RabbitMQ has blocked publishing (a memory or disk alarm): task not written"
 PERSISTENT = pika.DeliveryMode.Persistent
 
 

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 # publishes. A ping publishes this empty message, which no queue takes (none is named ""), so that
 # /health/ready and the next publishes learn of an alarm before a task is written into it.
 PROBE_ROUTING_KEY = ""
+# Why a publish is refused while RabbitMQ blocks the connection, in either style.
+BLOCKED = "RabbitMQ has blocked publishing (a memory or disk alarm): task not written"
 
 RETRIES_HEADER = "x-retries"
 REASON_HEADER = "x-dead-letter-reason"

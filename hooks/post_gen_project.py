@@ -23,6 +23,7 @@ BROKER_FILES = {
         "tests/integration/probes/rabbitmq",
         "tests/integration/test_rabbitmq.py",
         "tests/integration/test_rabbitmq_faults.py",
+        "tests/integration/test_rabbitmq_cluster.py",
         "tests/integration/rabbitmq_node.py",
         "tests/test_rabbitmq_acks.py",
         "tests/test_rabbitmq_waits.py",

@@ -9,6 +9,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -50,6 +51,42 @@ def wait_ready(client: TestClient, timeout: float = 20.0) -> None:
     assert eventually(lambda: client.get("/health/ready").status_code == 200, timeout), client.get(
         "/health/ready"
     ).json()
+
+
+class TaskStream:
+    """POSTs `record` tasks from a thread, one after another, until the block ends: the ids answered
+    202, the status of each refusal (503 or 504), the slowest answer, and any other answer."""
+
+    def __init__(self, client: TestClient) -> None:
+        self._client = client
+        self._stop = threading.Event()
+        self.accepted: list[str] = []
+        self.refused: list[int] = []
+        self.slowest = 0.0
+        self.wrong: list[str] = []
+        self._thread = threading.Thread(target=self._run, name="test-stream")
+
+    def __enter__(self) -> TaskStream:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            response = self._client.post("/tasks", json={"type": "record", "payload": {"seconds": 0.01}})
+            self.slowest = max(self.slowest, time.monotonic() - started)
+            if response.status_code == 202:
+                self.accepted.append(response.json()["id"])
+            elif response.status_code in (503, 504):
+                self.refused.append(response.status_code)
+                self._stop.wait(0.05)  # the publisher is reconnecting, with backoff
+            else:
+                self.wrong.append(f"{response.status_code} {response.text}")
+            self._stop.wait(0.01)  # a steady stream, not a flood
 
 
 def post(client: TestClient, type_: str, **payload: object) -> str:

@@ -4,20 +4,18 @@ SIGKILLed. With REDIS_WAIT_REPLICAS=1 nothing answered 202 may be lost; with 0, 
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi.testclient import TestClient
 
 from {{ cookiecutter.project_slug }}.settings import Settings
 from {{ cookiecutter.project_slug }}.tasks import TaskRegistry
 
 from ..helpers import Recorder
-from .helpers import eventually, running, wait_ready
+from .helpers import TaskStream, eventually, running, wait_ready
 from .probes import Probe
 from .redis_server import RedisServer, redis_servers
 from .tally import tally
@@ -73,30 +71,6 @@ def replicating(replica: RedisServer) -> bool:
         client.close()
 
 
-class SteadyPublisher(threading.Thread):
-    """POSTs tasks one after another until stopped, keeping what was accepted and counting refusals."""
-
-    def __init__(self, client: TestClient) -> None:
-        super().__init__(daemon=True)
-        self.client = client
-        self.accepted: list[str] = []
-        self.refused = 0
-        self.slowest = 0.0
-        self.halt = threading.Event()
-
-    def run(self) -> None:
-        while not self.halt.is_set():
-            started = time.monotonic()
-            response = self.client.post("/tasks", json={"type": "record", "payload": {}})
-            self.slowest = max(self.slowest, time.monotonic() - started)
-            if response.status_code == 202:
-                self.accepted.append(response.json()["id"])
-            else:
-                assert response.status_code in (503, 504), response.text
-                self.refused += 1
-                time.sleep(0.05)  # the publisher is finding the new primary
-
-
 @pytest.mark.cluster
 @pytest.mark.parametrize("replicas", [1, 0])
 def test_a_primary_failover_loses_nothing_answered_202_with_wait(
@@ -128,10 +102,8 @@ def test_a_primary_failover_loses_nothing_answered_202_with_wait(
     )
     with running(settings, registry) as client:
         wait_ready(client)
-        publisher = SteadyPublisher(client)
-        publisher.start()
-        try:
-            assert eventually(lambda: len(publisher.accepted) >= 100, timeout=20)
+        with TaskStream(client) as stream:
+            assert eventually(lambda: len(stream.accepted) >= 100, timeout=20)
             primary.kill()
             killed = time.monotonic()
             assert eventually(lambda: primary_port(sentinels[0]) == replica.port, timeout=30)
@@ -139,24 +111,22 @@ def test_a_primary_failover_loses_nothing_answered_202_with_wait(
             # The old primary comes back as a replica of the new one, once Sentinel says which that is.
             primary.arguments = [f"replicaof 127.0.0.1 {replica.port}"]
             primary.start()
-            after = len(publisher.accepted)
-            assert eventually(lambda: len(publisher.accepted) >= after + 50, timeout=30), "publishing never resumed"
+            after = len(stream.accepted)
+            assert eventually(lambda: len(stream.accepted) >= after + 50, timeout=30), "publishing never resumed"
             resumed_seconds = time.monotonic() - killed
-        finally:
-            publisher.halt.set()
-            publisher.join(timeout=10)
-        assert publisher.slowest < 5, f"a POST took {publisher.slowest:.1f} s"
-        late = publisher.accepted[after:]
+        assert stream.slowest < 5, f"a POST took {stream.slowest:.1f} s"
+        assert stream.wrong == []
+        late = stream.accepted[after:]
         assert eventually(lambda: set(recorder.finished) >= set(late), timeout=30), "consuming never resumed"
-        assert eventually(lambda: set(recorder.finished) >= set(publisher.accepted), timeout=10 if replicas else 5)
+        assert eventually(lambda: set(recorder.finished) >= set(stream.accepted), timeout=10 if replicas else 5)
         probe = Probe(replica.url)
         assert eventually(lambda: probe.count(settings.queue_name) == 0, timeout=15)
     scenario = f"18 Redis primary failover (WAIT {replicas})"
-    result = tally(scenario, publisher.accepted, recorder.finished, publisher.refused)
+    result = tally(scenario, stream.accepted, recorder.finished, len(stream.refused))
     print(
         f"\n{scenario}: {result.lost} of {result.sent} tasks answered 202 lost; Sentinel promoted the replica"
         f" {failover_seconds:.1f} s after the kill, 202s again {resumed_seconds:.1f} s after it;"
-        f" {publisher.refused} answered 503/504"
+        f" {len(stream.refused)} answered 503/504"
     )
     if replicas:
         assert result.lost == 0

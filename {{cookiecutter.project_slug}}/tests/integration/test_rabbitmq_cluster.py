@@ -73,7 +73,7 @@ def test_the_queue_leader_killed_loses_nothing_and_its_return_changes_nothing(
             set(stream.accepted) - set(recorder.finished)
         )
         assert eventually(lambda: Probe(new_leader.url).count(settings.queue_name) == 0, timeout=30)
-    result = tally("20 RabbitMQ queue leader killed (3 nodes)", stream.accepted, recorder.finished, len(stream.refused))
+    result = tally("20 queue leader killed, 3-node cluster", stream.accepted, recorder.finished, len(stream.refused))
     print(
         f"\n20: {result.sent} tasks answered 202, {result.lost} lost, {result.duplicates} run twice;"
         f" a new leader {elected:.1f} s after the kill, 202s again after {published_again:.1f} s,"

@@ -253,21 +253,22 @@ class BrokerPublisher:
         channel.add_on_close_callback(self._on_channel_closed)
         channel.add_on_return_callback(self._on_return)
 
+        def confirming(_: Any) -> None:
+            self._declare(channel, lambda _: self._on_ready(channel))
+
+        channel.confirm_delivery(ack_nack_callback=self._on_confirm, callback=confirming)
+
+    def _declare(self, channel: Channel, done: Callable[[Any], None] | None = None) -> None:
+        """The dead-letter queue, then the task queue (whose arguments name it), then `done`."""
+
         def declare_queue(_: Any) -> None:
-            channel.queue_declare(
-                self._settings.queue_name,
-                durable=True,
-                arguments=queue_arguments(self._settings),
-                callback=lambda _: self._on_ready(channel),
-            )
+            arguments = queue_arguments(self._settings)
+            channel.queue_declare(self._settings.queue_name, durable=True, arguments=arguments, callback=done)
 
-        def declare_dead_letter_queue(_: Any) -> None:
-            arguments = dead_letter_queue_arguments(self._settings)
-            channel.queue_declare(
-                self._settings.dead_letter_queue, durable=True, arguments=arguments, callback=declare_queue
-            )
-
-        channel.confirm_delivery(ack_nack_callback=self._on_confirm, callback=declare_dead_letter_queue)
+        dead_letters = dead_letter_queue_arguments(self._settings)
+        channel.queue_declare(
+            self._settings.dead_letter_queue, durable=True, arguments=dead_letters, callback=declare_queue
+        )
 
     def _on_ready(self, channel: Channel) -> None:
         self._channel = channel
@@ -349,9 +350,7 @@ class BrokerPublisher:
         self._returned.add(properties.message_id)
         self._wait_queues.clear()
         if channel.is_open:
-            arguments = dead_letter_queue_arguments(self._settings)
-            channel.queue_declare(self._settings.dead_letter_queue, durable=True, arguments=arguments)
-            channel.queue_declare(self._settings.queue_name, durable=True, arguments=queue_arguments(self._settings))
+            self._declare(channel)
 
     def _on_confirm(self, frame: Any) -> None:
         """Basic.Ack or Basic.Nack for one delivery tag, or for every tag up to it (`multiple`)."""

@@ -1,5 +1,6 @@
 """Unit tests of the aio-pika publisher's honesty: while RabbitMQ blocks the connection it refuses
-before anything is written (503), and it can tell a blocked connection from aiormq's state."""
+before anything is written (503), it can tell a blocked connection from aiormq's state, and a nack
+is a refusal after which it connects again."""
 
 from __future__ import annotations
 
@@ -47,5 +48,25 @@ def test_a_blocked_connection_refuses_at_once_without_writing() -> None:
         assert not isinstance(raised.value, OutcomeUnknown)
         with pytest.raises(BrokerUnavailable, match="blocked"):
             await publisher.ping()  # /health/ready: not ready
+
+    asyncio.run(check())
+
+
+def test_a_nack_refuses_the_task_and_ends_the_session_to_connect_again() -> None:
+    async def check() -> None:
+        async def nack(*_: Any, **__: Any) -> None:
+            raise aiormq.exceptions.DeliveryError(None, aiormq.spec.Basic.Nack(delivery_tag=1))
+
+        unblocked = asyncio.Event()
+        unblocked.set()
+        publisher = BrokerPublisher(Settings(broker_url="amqp://localhost/"))
+        channel = SimpleNamespace(is_closed=False, default_exchange=SimpleNamespace(publish=nack))
+        publisher._channel = channel  # type: ignore[assignment]
+        publisher._connection = connection_of(SimpleNamespace(_Connection__connection_unblocked=unblocked))
+        message = TaskMessage(id="t-1", type="record", payload={})
+        with pytest.raises(BrokerUnavailable, match="refused") as raised:
+            await publisher.publish(message, {})
+        assert not isinstance(raised.value, OutcomeUnknown)
+        assert publisher._nacked.is_set(), "the session goes on with the channel that was nacked"
 
     asyncio.run(check())

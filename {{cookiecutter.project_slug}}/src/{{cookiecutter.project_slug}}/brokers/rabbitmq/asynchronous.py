@@ -27,6 +27,7 @@ from ...runner_asynchronous import connect_in_background
 from ..base import BrokerUnavailable, Delivery, OutcomeUnknown, text_headers
 from .topology import (
     BLOCKED,
+    NACKED,
     PROBE_ROUTING_KEY,
     WaitQueues,
     copied_properties,
@@ -123,6 +124,7 @@ class BrokerPublisher:
         self._connection: AbstractConnection | None = None
         self._channel: AbstractChannel | None = None
         self._connecting: asyncio.Task[None] | None = None
+        self._nacked = asyncio.Event()  # set by a nack: the session ends, and a new one connects (NACKED)
         self._wait_queues = WaitQueues(settings)  # declared again on each new connection
 
     async def start(self) -> None:
@@ -139,16 +141,17 @@ class BrokerPublisher:
             connection.close_callbacks.add(lambda *_: closed.set())
             channel.close_callbacks.add(lambda *_: closed.set())
             self._wait_queues.clear()
+            self._nacked.clear()
             self._connection, self._channel = connection, channel
             connected()
             logger.info("publisher connected to %s", self._settings.broker_address)
-            await wait_first(self._stopping.wait(), closed.wait())
+            await wait_first(self._stopping.wait(), closed.wait(), self._nacked.wait())
         finally:
             self._connection = self._channel = None
             with contextlib.suppress(Exception):
                 await connection.close()
         if not self._stopping.is_set():
-            raise AMQPConnectionError("the publisher's connection closed")
+            raise AMQPConnectionError(NACKED if self._nacked.is_set() else "the publisher's connection closed")
 
     def _ready_channel(self) -> AbstractChannel:
         channel, connection = self._channel, self._connection
@@ -181,6 +184,8 @@ class BrokerPublisher:
             if isinstance(error, PublishError):  # returned: no queue took it; the task queue was deleted?
                 with contextlib.suppress(TimeoutError, *CONNECTION_EXCEPTIONS):
                     await asyncio.wait_for(declare_topology(channel, self._settings), 1.0)
+            else:
+                self._nacked.set()
             raise BrokerUnavailable(f"RabbitMQ refused the message: {error!r}") from error
         except (TimeoutError, *CONNECTION_EXCEPTIONS) as error:
             raise OutcomeUnknown(f"RabbitMQ did not confirm the message: {error!r}") from error

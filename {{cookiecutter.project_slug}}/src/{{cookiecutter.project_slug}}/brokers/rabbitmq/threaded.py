@@ -30,6 +30,7 @@ from ..base import BrokerUnavailable, Delivery, OutcomeUnknown, text_headers
 from .acks import AckWindow
 from .topology import (
     BLOCKED,
+    NACKED,
     PROBE_ROUTING_KEY,
     WaitQueues,
     copied_properties,
@@ -372,6 +373,15 @@ class BrokerPublisher:
                 future.set_result(None)
             else:
                 future.set_exception(BrokerUnavailable("RabbitMQ refused the message (nack)"))
+        if not acked:
+            self._connect_again(NACKED)
+
+    def _connect_again(self, reason: str) -> None:
+        """Close the connection; keep_connected reports `reason` and connects again."""
+        connection = self._connection
+        if connection is not None and connection.is_open:
+            self._lost = AMQPConnectionError(reason)
+            connection.close()
 
     def _fail_all(self, reason: str) -> None:
         """Every request in flight or waiting fails at once: one written and not confirmed with

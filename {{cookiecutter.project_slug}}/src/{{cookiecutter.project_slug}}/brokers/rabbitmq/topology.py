@@ -30,6 +30,10 @@ if TYPE_CHECKING:
 PROBE_ROUTING_KEY = ""
 # Why a publish is refused while RabbitMQ blocks the connection, in either style.
 BLOCKED = "RabbitMQ has blocked publishing (a memory or disk alarm): task not written"
+# After a nack the publisher connects again, in either style. RabbitMQ 3.10 nacks every publish of a
+# channel whose first publish to a quorum queue named a leader that had just died (the queue's record
+# still names it for a moment after a failover); only a new channel asks for the current leader.
+NACKED = "RabbitMQ refused a publish (nack); connecting again, for a channel that finds the queue's leader"
 
 RETRIES_HEADER = "x-retries"
 REASON_HEADER = "x-dead-letter-reason"

@@ -35,13 +35,21 @@ def test_aiormq_still_tracks_blocking_where_we_read_it() -> None:
     asyncio.run(check())
 
 
+def publisher_on(exchange: object, blocked: bool) -> BrokerPublisher:
+    """A publisher as its session leaves it: a channel with `exchange` as its default exchange, on a
+    connection RabbitMQ has blocked or not. Call it inside the event loop (the Event is its)."""
+    unblocked = asyncio.Event()  # cleared: blocked, as aiormq keeps it
+    if not blocked:
+        unblocked.set()
+    publisher = BrokerPublisher(Settings(broker_url="amqp://localhost/"))
+    publisher._channel = SimpleNamespace(is_closed=False, default_exchange=exchange)  # type: ignore[assignment]
+    publisher._connection = connection_of(SimpleNamespace(_Connection__connection_unblocked=unblocked))
+    return publisher
+
+
 def test_a_blocked_connection_refuses_at_once_without_writing() -> None:
     async def check() -> None:
-        unblocked = asyncio.Event()  # cleared: blocked
-        publisher = BrokerPublisher(Settings(broker_url="amqp://localhost/"))
-        channel = SimpleNamespace(is_closed=False, default_exchange=None)  # publishing on it would fail otherwise
-        publisher._channel = channel  # type: ignore[assignment]
-        publisher._connection = connection_of(SimpleNamespace(_Connection__connection_unblocked=unblocked))
+        publisher = publisher_on(None, blocked=True)  # publishing on it would fail otherwise
         message = TaskMessage(id="t-1", type="record", payload={})
         with pytest.raises(BrokerUnavailable, match="blocked") as raised:
             await publisher.publish(message, {})
@@ -57,12 +65,7 @@ def test_a_nack_refuses_the_task_and_ends_the_session_to_connect_again() -> None
         async def nack(*_: Any, **__: Any) -> None:
             raise aiormq.exceptions.DeliveryError(None, aiormq.spec.Basic.Nack(delivery_tag=1))
 
-        unblocked = asyncio.Event()
-        unblocked.set()
-        publisher = BrokerPublisher(Settings(broker_url="amqp://localhost/"))
-        channel = SimpleNamespace(is_closed=False, default_exchange=SimpleNamespace(publish=nack))
-        publisher._channel = channel  # type: ignore[assignment]
-        publisher._connection = connection_of(SimpleNamespace(_Connection__connection_unblocked=unblocked))
+        publisher = publisher_on(SimpleNamespace(publish=nack), blocked=False)
         message = TaskMessage(id="t-1", type="record", payload={})
         with pytest.raises(BrokerUnavailable, match="refused") as raised:
             await publisher.publish(message, {})

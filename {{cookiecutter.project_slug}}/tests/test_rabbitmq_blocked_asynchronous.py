@@ -37,7 +37,7 @@ def test_aiormq_still_tracks_blocking_where_we_read_it() -> None:
 
 def publisher_on(exchange: object, blocked: bool) -> BrokerPublisher:
     """A publisher as its session leaves it: a channel with `exchange` as its default exchange, on a
-    connection RabbitMQ has blocked or not. Call it inside the event loop (the Event is its)."""
+    connection RabbitMQ has blocked or not."""
     unblocked = asyncio.Event()  # cleared: blocked, as aiormq keeps it
     if not blocked:
         unblocked.set()
@@ -49,7 +49,7 @@ def publisher_on(exchange: object, blocked: bool) -> BrokerPublisher:
 
 def test_a_blocked_connection_refuses_at_once_without_writing() -> None:
     async def check() -> None:
-        publisher = publisher_on(None, blocked=True)  # publishing on it would fail otherwise
+        publisher = publisher_on(None, blocked=True)  # no exchange: a write would fail, so refusing comes first
         message = TaskMessage(id="t-1", type="record", payload={})
         with pytest.raises(BrokerUnavailable, match="blocked") as raised:
             await publisher.publish(message, {})
